@@ -1,0 +1,129 @@
+"""Input checks shared by every public entry point.
+
+Each check raises ``ValueError`` / ``TypeError`` whose message names the argument and says
+"expected ..., got ...", so that a bad call fails at the public boundary and not deep inside
+a forward pass.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__: list[str] = []  # private module
+
+
+def check_tensor(x, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_float(x: Tensor, name: str) -> Tensor:
+    check_tensor(x, name)
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_finite(x: Tensor, name: str) -> Tensor:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name}: expected finite values, got {n_bad} NaN/inf entries")
+    return x
+
+
+def check_images(images, name: str = "images", channels: int | None = None) -> Tensor:
+    """Checks a batch of images: ``Tensor[N, C, H, W]``, float, finite, values in [0, 1]."""
+    check_float(images, name)
+    if images.ndim != 4:
+        raise ValueError(
+            f"{name}: expected a 4-D tensor (N, C, H, W), got shape {tuple(images.shape)}"
+        )
+    n, c, h, w = images.shape
+    if n == 0 or h == 0 or w == 0:
+        raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(images.shape)}")
+    if channels is not None and c != channels:
+        raise ValueError(f"{name}: expected {channels} channels, got {c} (shape {tuple(images.shape)})")
+    check_finite(images, name)
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"{name}: expected values in [0, 1] (models normalise inside), got range [{lo:.4g}, {hi:.4g}]"
+        )
+    return images
+
+
+def check_targets(target, n: int, num_classes: int | None, name: str = "target",
+                  device: torch.device | None = None) -> Tensor:
+    """Normalises ``target`` (int, sequence, or LongTensor[N]) to ``LongTensor[n]``.
+
+    ``None`` is not handled here: callers fill in the argmax first.
+    """
+    if isinstance(target, bool):
+        raise TypeError(f"{name}: expected an int, a sequence of ints or a LongTensor, got bool")
+    if isinstance(target, int):
+        t = torch.full((n,), target, dtype=torch.long)
+    elif isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"{name}: expected an integer tensor, got dtype {target.dtype}")
+        t = target.reshape(-1).long() if target.ndim <= 1 else None
+        if t is None:
+            raise ValueError(f"{name}: expected a 0-D or 1-D tensor, got shape {tuple(target.shape)}")
+        if t.numel() == 1 and n != 1:
+            t = t.expand(n).clone()
+    elif isinstance(target, Sequence) and not isinstance(target, (str, bytes)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in target):
+            raise TypeError(f"{name}: expected a sequence of ints, got {list(target)[:5]!r}...")
+        t = torch.tensor(list(target), dtype=torch.long)
+    else:
+        raise TypeError(
+            f"{name}: expected an int, a sequence of ints or a LongTensor, got {type(target).__name__}"
+        )
+    if t.numel() != n:
+        raise ValueError(f"{name}: expected {n} targets (one per image), got {t.numel()}")
+    if num_classes is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ValueError(
+            f"{name}: expected class indices in [0, {num_classes - 1}], got range "
+            f"[{int(t.min())}, {int(t.max())}]"
+        )
+    return t.to(device) if device is not None else t
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return value
+
+
+def check_positive_float(value, name: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value != value or value == float("inf"):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}: expected a finite number {bound}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_logits_output(out, n: int, name: str = "model") -> Tensor:
+    """Checks that a model's forward returned ``Tensor[n, K]`` float logits."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{name}: expected the forward pass to return a Tensor of logits (N, K), "
+                        f"got {type(out).__name__}")
+    if out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
+        raise ValueError(f"{name}: expected the forward pass to return logits of shape ({n}, K) "
+                         f"with K >= 2, got {tuple(out.shape)}")
+    if not out.is_floating_point():
+        raise TypeError(f"{name}: expected floating-point logits, got dtype {out.dtype}")
+    return out

@@ -1,0 +1,384 @@
+"""FIDO: smallest sufficient (SSR) and smallest destroying (SDR) masks, learnt by gradient descent.
+
+Chang et al. (ICLR 2019) explain a classifier's decision on an image ``x`` for class ``c`` by two
+Bernoulli dropout masks over the pixels, relaxed with a concrete sampler so that their logits can
+be learnt:
+
+- **SSR** keeps the fewest pixels that still support ``c``: maximise the log-odds of ``c`` on
+  ``keep ⊙ x + (1 − keep) ⊙ infill`` while an L1 penalty pushes the keep-rate down;
+- **SDR** drops the fewest pixels that destroy ``c``: minimise the log-odds with an L1 penalty
+  on the drop-rate.
+
+Per image ``i`` and step, with ``S`` mask samples of each kind, the loss is (as in fido-pytorch,
+which fits both masks jointly)::
+
+    L_i = mean_s lo(x̃_sdr) − mean_s lo(x̃_ssr)
+          + w_k · (λ_L1 · (Σ keep_ssr + Σ drop_sdr) / 2 + λ_TV · (TV(keep_ssr) + TV(drop_sdr)) / 2)
+
+where ``lo = z_c − logsumexp_{j≠c} z_j`` is the log-odds of the target from the model's plain
+logits, the regularisers act on the expected masks ``σ(θ)`` at mask resolution, and ``w_k`` ramps
+linearly from 0 to 1 over ``warmup`` steps. The loss of the batch is the **sum** over images and
+AdamW acts element-wise, so each image's masks are optimised independently of the others: with
+the noise drawn from one generator per image, fitting N images together gives the masks of N
+separate fits, at the cost of one forward pass per step.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import _checks
+from .infill import INFILLS, RANDOM_INFILLS
+from .samplers import SAMPLERS, MaskSampler, get_sampler, open_uniform
+
+__all__ = ["FIDOConfig", "FIDOResult", "FIDO", "log_odds", "total_variation", "frozen_model"]
+
+
+@dataclass(frozen=True)
+class FIDOConfig:
+    """Settings of a FIDO fit; the defaults are those of the reference code (cvjena/fido-pytorch).
+
+    Attributes:
+        iterations: optimisation steps.
+        samples: mask samples per image, per mask kind, per step (``S``).
+        lr: AdamW learning rate (the logits live on a logit scale, hence the large value).
+        eps: AdamW's epsilon; 0.1 damps steps of pixels with tiny gradients.
+        weight_decay: AdamW weight decay on the logits.
+        l1: weight of the sparsity penalty (sum over mask pixels, averaged over SSR and SDR).
+        tv: weight of the total-variation penalty.
+        warmup: steps over which both penalties ramp linearly from 0 to full weight.
+        mask_size: ``None`` learns a mask per image pixel; an int ``m`` or ``(h, w)`` learns a
+            low-resolution mask that is upsampled bilinearly to the image.
+        sampler: ``"cd"`` (concrete dropout) or ``"scd"`` (simplified concrete dropout).
+        temperature: sampler temperature; ``None`` takes the sampler's default (CD 0.1, SCD 1.0).
+        infill: name of the infill (see :data:`fidobook.infill.INFILLS`).
+        max_batch: the most model inputs in one forward pass (rows = 2 · images · samples);
+            ``None`` puts all rows of a step in one pass. Only memory and speed depend on it.
+    """
+
+    iterations: int = 100
+    samples: int = 8
+    lr: float = 10.0
+    eps: float = 0.1
+    weight_decay: float = 0.0
+    l1: float = 1e-3
+    tv: float = 1e-2
+    warmup: int = 5
+    mask_size: int | tuple[int, int] | None = None
+    sampler: str = "scd"
+    temperature: float | None = None
+    infill: str = "blur"
+    max_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        _checks.check_positive_int(self.iterations, "iterations")
+        _checks.check_positive_int(self.samples, "samples")
+        _checks.check_positive_float(self.lr, "lr")
+        _checks.check_positive_float(self.eps, "eps")
+        _checks.check_positive_float(self.weight_decay, "weight_decay", allow_zero=True)
+        _checks.check_positive_float(self.l1, "l1", allow_zero=True)
+        _checks.check_positive_float(self.tv, "tv", allow_zero=True)
+        _checks.check_positive_int(self.warmup, "warmup", minimum=0)
+        _checks.check_choice(self.sampler, "sampler", list(SAMPLERS))
+        _checks.check_choice(self.infill, "infill", list(INFILLS))
+        if self.temperature is not None:
+            _checks.check_positive_float(self.temperature, "temperature")
+        if self.max_batch is not None:
+            _checks.check_positive_int(self.max_batch, "max_batch")
+        if self.mask_size is not None:
+            sizes = (self.mask_size,) if isinstance(self.mask_size, int) else self.mask_size
+            if (
+                not isinstance(sizes, (tuple, list))
+                or len(sizes) not in (1, 2)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)
+            ):
+                raise ValueError(f"mask_size: expected None, an int >= 1 or a pair (h, w), got {self.mask_size!r}")
+
+    def make_sampler(self) -> MaskSampler:
+        return get_sampler(self.sampler, self.temperature)
+
+
+@dataclass
+class FIDOResult:
+    """What a fit returns. Maps are at image resolution; ``logits`` at mask resolution.
+
+    Attributes:
+        ssr (Tensor[N, H, W]): SSR keep probability (high = needed to keep the decision).
+        sdr (Tensor[N, H, W]): SDR drop probability (high = removing it destroys the decision).
+        joint (Tensor[N, H, W]): ``sqrt(ssr · sdr)``: high where a pixel is both sufficient and
+            necessary.
+        logits (Tensor[2, N, h, w]): the learnt keep logits θ, SSR first.
+        targets (Tensor[N]): the explained classes.
+        history (dict[str, Tensor[iterations, N]]): per step and image: ``loss``, ``ssr_prob`` and
+            ``sdr_prob`` (target probability averaged over the mask samples), ``l1`` and ``tv``
+            (unweighted penalties).
+        config (FIDOConfig): the settings of the fit.
+        model_evaluations (int): images passed through the model (a cost in forward passes).
+        seconds (float): wall time of the fit.
+    """
+
+    ssr: Tensor
+    sdr: Tensor
+    joint: Tensor
+    logits: Tensor
+    targets: Tensor
+    history: dict[str, Tensor]
+    config: FIDOConfig
+    model_evaluations: int = 0
+    seconds: float = 0.0
+
+    def to(self, device) -> "FIDOResult":
+        def move(v):
+            if isinstance(v, Tensor):
+                return v.to(device)
+            if isinstance(v, dict):
+                return {k: move(x) for k, x in v.items()}
+            return v
+
+        return dataclasses.replace(self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+def log_odds(logits: Tensor, targets: Tensor) -> Tensor:
+    """Log-odds ``log p_c − log(1 − p_c)`` of the target class, computed stably from logits.
+
+    ``log(1 − p_c) = logsumexp_{j≠c} z_j − logsumexp_j z_j``, so the log-odds is
+    ``z_c − logsumexp_{j≠c} z_j``: no softmax is formed, nothing saturates.
+
+    Args:
+        logits (Tensor[R, K]): plain logits.
+        targets (Tensor[R]): class indices.
+
+    Returns:
+        Tensor[R]: log-odds of each row's target.
+    """
+    z_c = logits.gather(1, targets[:, None]).squeeze(1)
+    others = logits.scatter(1, targets[:, None], float("-inf"))
+    return z_c - torch.logsumexp(others, dim=1)
+
+
+def total_variation(maps: Tensor) -> Tensor:
+    """Anisotropic total variation ``Σ |∂_y m| + Σ |∂_x m|`` of each map.
+
+    Args:
+        maps (Tensor[..., h, w]): maps.
+
+    Returns:
+        Tensor[...]: one value per map.
+    """
+    dy = (maps[..., 1:, :] - maps[..., :-1, :]).abs().sum(dim=(-2, -1))
+    dx = (maps[..., :, 1:] - maps[..., :, :-1]).abs().sum(dim=(-2, -1))
+    return dy + dx
+
+
+@contextlib.contextmanager
+def frozen_model(model: nn.Module):
+    """Puts ``model`` in eval mode with parameters frozen; restores both on exit, also on error.
+
+    A fit differentiates with respect to the masks only: parameter gradients would cost time, and
+    dropout or batch statistics would make one image's masks depend on the others in the batch.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _mask_hw(config: FIDOConfig, height: int, width: int) -> tuple[int, int]:
+    if config.mask_size is None:
+        return height, width
+    if isinstance(config.mask_size, int):
+        return config.mask_size, config.mask_size
+    if len(config.mask_size) == 1:
+        return config.mask_size[0], config.mask_size[0]
+    return tuple(config.mask_size)  # type: ignore[return-value]
+
+
+def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling of ``Tensor[R, h, w]`` to ``Tensor[R, H, W]`` (identity if equal)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+class FIDO:
+    """Fits SSR and SDR masks for a batch of images (Chang et al., 2019; Korsch et al., 2023).
+
+    Args:
+        model: any ``nn.Module`` mapping images ``Tensor[N, C, H, W]`` in [0, 1] to logits
+            ``Tensor[N, K]``. It is used in eval mode with frozen parameters during a fit and left
+            exactly as it was.
+        config: a :class:`FIDOConfig`; keyword ``overrides`` replace its fields.
+
+    Example:
+        >>> fido = FIDO(model, FIDOConfig(iterations=30, samples=4, mask_size=28))
+        >>> result = fido.fit(images, targets, generator=torch.Generator().manual_seed(0))
+        >>> result.ssr.shape  # (N, H, W)
+    """
+
+    def __init__(self, model: nn.Module, config: FIDOConfig | None = None, **overrides) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        config = config or FIDOConfig()
+        if not isinstance(config, FIDOConfig):
+            raise TypeError(f"config: expected a FIDOConfig, got {type(config).__name__}")
+        if overrides:
+            unknown = set(overrides) - {f.name for f in dataclasses.fields(FIDOConfig)}
+            if unknown:
+                raise TypeError(f"unexpected FIDOConfig fields: {sorted(unknown)}")
+            config = dataclasses.replace(config, **overrides)
+        self.model = model
+        self.config = config
+        self.sampler = config.make_sampler()
+
+    def fit(
+        self,
+        images: Tensor,
+        targets=None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        seeds=None,
+    ) -> FIDOResult:
+        """Learns SSR and SDR masks for every image at once.
+
+        Args:
+            images (Tensor[N, C, H, W]): float images in [0, 1], on the model's device.
+            targets: the class to explain: an int, a sequence of N ints or ``LongTensor[N]``;
+                ``None`` explains the model's prediction.
+            generator: draws one seed per image when ``seeds`` is not given (``None``: torch's
+                global generator).
+            progress: show a progress bar over the iterations.
+            seeds: one int per image; image ``i``'s noise comes from a generator seeded with
+                ``seeds[i]``, so its masks do not depend on the other images in the batch.
+
+        Returns:
+            FIDOResult: maps ``(N, H, W)``, logits, history.
+        """
+        cfg = self.config
+        # Models that declare their input channels (fidobook's do) get the count checked here.
+        _checks.check_images(images, channels=getattr(self.model, "in_channels", None))
+        n, c, height, width = images.shape
+        device, dtype = images.device, images.dtype
+        t0 = time.perf_counter()
+
+        with frozen_model(self.model) as model, torch.no_grad():
+            clean = _checks.check_logits_output(model(images), n)
+        num_classes = clean.shape[1]
+        targets = clean.argmax(1) if targets is None else _checks.check_targets(targets, n, num_classes, device=device)
+        generators = self._generators(seeds, n, generator, device)
+
+        h, w = _mask_hw(cfg, height, width)
+        s = cfg.samples
+        rows = 2 * n * s
+        chunk = cfg.max_batch or rows
+        # Row r of a step is (kind, image, sample) in C order; kind 0 = SSR, 1 = SDR.
+        row_image = torch.arange(n, device=device).repeat_interleave(s).repeat(2)
+        row_target = targets[row_image]
+        # SSR maximises the log-odds, SDR minimises it; both average over their S samples.
+        row_weight = torch.cat([torch.full((n * s,), -1.0 / s), torch.full((n * s,), 1.0 / s)]).to(device, dtype)
+
+        random_infill = cfg.infill in RANDOM_INFILLS
+        fill_fn = INFILLS[cfg.infill]
+        fill = None if random_infill else fill_fn(images)
+
+        theta = torch.zeros((2, n, h, w), device=device, dtype=dtype, requires_grad=True)
+        opt = torch.optim.AdamW([theta], lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        hist = {k: torch.zeros((cfg.iterations, n), device=device, dtype=dtype)
+                for k in ("loss", "ssr_prob", "sdr_prob", "l1", "tv")}
+
+        with frozen_model(self.model) as model:
+            for step in tqdm(range(cfg.iterations), disable=not progress, desc="FIDO", leave=False):
+                opt.zero_grad(set_to_none=True)
+                # Per-image draws in a fixed order (uniforms, then infill noise) keep each image's
+                # random stream independent of the batch it is fitted in.
+                u = torch.stack([open_uniform((2, s, h, w), generator=g, dtype=dtype, device=device)
+                                 for g in generators], dim=1)  # (2, N, S, h, w)
+                if random_infill:
+                    fills = torch.stack([fill_fn(images[i : i + 1].expand(2 * s, c, height, width), g)
+                                         for i, g in enumerate(generators)], dim=0)  # (N, 2S, C, H, W)
+                    fills = fills.view(n, 2, s, c, height, width).transpose(0, 1).reshape(rows, c, height, width)
+
+                keep = self.sampler.relax(theta[:, :, None], u)  # (2, N, S, h, w)
+                # Cut the graph at the masks so rows can be pushed through the model in chunks
+                # whose gradients accumulate into one leaf, without keeping several graphs alive.
+                keep_leaf = keep.detach().reshape(rows, h, w).requires_grad_(True)
+                lo_all = torch.empty(rows, device=device, dtype=dtype)
+                prob_all = torch.empty(rows, device=device, dtype=dtype)
+                for a in range(0, rows, chunk):
+                    b = min(a + chunk, rows)
+                    m = _upsample(keep_leaf[a:b], (height, width))[:, None]  # (R, 1, H, W)
+                    x = images[row_image[a:b]]
+                    f = fills[a:b] if random_infill else fill[row_image[a:b]]
+                    logits = model(f + m * (x - f))
+                    lo = log_odds(logits, row_target[a:b])
+                    (lo * row_weight[a:b]).sum().backward()
+                    with torch.no_grad():
+                        lo_all[a:b] = lo
+                        prob_all[a:b] = logits.softmax(1).gather(1, row_target[a:b, None]).squeeze(1)
+                keep.backward(keep_leaf.grad.view_as(keep))
+
+                # Regularisers on the expected masks at mask resolution.
+                ramp = min(1.0, step / cfg.warmup) if cfg.warmup > 0 else 1.0
+                keep_ssr = torch.sigmoid(theta[0])
+                drop_sdr = torch.sigmoid(-theta[1])
+                l1 = (keep_ssr.sum(dim=(-2, -1)) + drop_sdr.sum(dim=(-2, -1))) / 2
+                tv = (total_variation(keep_ssr) + total_variation(drop_sdr)) / 2
+                reg = ramp * (cfg.l1 * l1 + cfg.tv * tv)  # (N,)
+                reg.sum().backward()
+                opt.step()
+
+                with torch.no_grad():
+                    objective = (lo_all * row_weight).view(2, n, s).sum(dim=(0, 2))
+                    hist["loss"][step] = objective + reg.detach()
+                    hist["ssr_prob"][step] = prob_all[: n * s].view(n, s).mean(1)
+                    hist["sdr_prob"][step] = prob_all[n * s :].view(n, s).mean(1)
+                    hist["l1"][step] = l1.detach()
+                    hist["tv"][step] = tv.detach()
+
+        with torch.no_grad():
+            theta = theta.detach()
+            ssr = _upsample(torch.sigmoid(theta[0]), (height, width))
+            sdr = _upsample(torch.sigmoid(-theta[1]), (height, width))
+            joint = torch.sqrt(ssr * sdr)
+        return FIDOResult(
+            ssr=ssr, sdr=sdr, joint=joint, logits=theta, targets=targets, history=hist, config=cfg,
+            model_evaluations=cfg.iterations * rows, seconds=time.perf_counter() - t0,
+        )
+
+    def attribute(self, inputs: Tensor, target=None, *, kind: str = "joint",
+                  generator: torch.Generator | None = None, progress: bool = False, seeds=None) -> Tensor:
+        """Captum-style attribution: fits the masks and returns one map per image.
+
+        Args:
+            inputs (Tensor[N, C, H, W]): images in [0, 1].
+            target: int, sequence, ``LongTensor[N]`` or ``None`` (the prediction).
+            kind: ``"joint"``, ``"ssr"`` or ``"sdr"``.
+
+        Returns:
+            Tensor[N, 1, H, W]: the attribution map, in [0, 1].
+        """
+        _checks.check_choice(kind, "kind", ["joint", "ssr", "sdr"])
+        result = self.fit(inputs, target, generator=generator, progress=progress, seeds=seeds)
+        return getattr(result, kind)[:, None]
+
+    @staticmethod
+    def _generators(seeds, n: int, generator, device) -> list[torch.Generator]:
+        if seeds is None:
+            seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+        else:
+            seeds = _checks.check_targets(seeds, n, None, name="seeds").tolist()
+        return [torch.Generator(device=device).manual_seed(int(sd)) for sd in seeds]

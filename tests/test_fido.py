@@ -1,0 +1,257 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fidobook import FIDO, FIDOConfig, log_odds, total_variation
+
+REGION = (slice(2, 8), slice(3, 9))  # rows 2..7, cols 3..8 of a 16x16 image
+
+
+class RegionClassifier(nn.Module):
+    """Decides between two classes from the mean brightness of one image region only."""
+
+    in_channels = 3
+
+    def __init__(self, weight=8.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(weight))
+
+    def forward(self, x):
+        r = x[:, :, REGION[0], REGION[1]].mean(dim=(1, 2, 3))
+        z = self.w * (r - 0.5)
+        return torch.stack([z, -z], 1)
+
+
+class TinyConvNet(nn.Module):
+    """A small CNN with dropout and batch norm (both must be neutralised during a fit)."""
+
+    def __init__(self, k=4, dtype=torch.float32):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, dtype=dtype)
+        self.bn = nn.BatchNorm2d(6, dtype=dtype)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(6, k, dtype=dtype)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=dtype))
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.fc(self.drop(h.mean(dim=(2, 3))))
+
+
+def region_mask(h=16, w=16):
+    m = torch.zeros(h, w, dtype=torch.bool)
+    m[REGION] = True
+    return m
+
+
+def bright_images(n=2, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return (0.75 + 0.2 * torch.rand((n, 3, 16, 16), generator=g)).to(dtype)
+
+
+class TestKnownAnswer:
+    @pytest.mark.parametrize("sampler", ["scd", "cd"])
+    def test_masks_land_on_the_only_region_the_classifier_reads(self, sampler):
+        x = bright_images(2)
+        cfg = FIDOConfig(iterations=80, samples=4, sampler=sampler, infill="zeros", l1=0.05, tv=1e-3)
+        res = FIDO(RegionClassifier(), cfg).fit(x, 0, seeds=[0, 1])
+        inside = region_mask()
+        for name in ("ssr", "sdr"):
+            maps = getattr(res, name)
+            frac = maps[:, inside].sum(1) / maps.sum(dim=(1, 2))
+            assert (frac > 0.85).all(), (name, frac)
+            assert (maps[:, inside].mean(1) > 0.95).all()
+            assert (maps[:, ~inside].mean(1) < 0.05).all()
+        # SSR keeps the decision, SDR destroys it
+        assert (res.history["ssr_prob"][-1] > 0.9).all()
+        assert (res.history["sdr_prob"][-1] < 0.1).all()
+
+    def test_default_settings_rank_the_region_first(self):
+        x = bright_images(1)
+        res = FIDO(RegionClassifier(), FIDOConfig(iterations=60, samples=4, infill="zeros")).fit(x, 0, seeds=[3])
+        inside = region_mask().flatten()
+        top = res.joint[0].flatten().topk(int(inside.sum())).indices
+        assert inside[top].all()
+
+    def test_low_resolution_mask_upsampled(self):
+        x = bright_images(1)
+        cfg = FIDOConfig(iterations=40, samples=2, mask_size=8, infill="zeros", l1=0.05, tv=1e-3)
+        res = FIDO(RegionClassifier(), cfg).fit(x, 0, seeds=[0])
+        assert res.logits.shape == (2, 1, 8, 8)
+        assert res.ssr.shape == (1, 16, 16)
+        inside = region_mask()
+        assert res.ssr[0][inside].mean() > 3 * res.ssr[0][~inside].mean()
+
+
+class TestBatching:
+    @pytest.mark.parametrize("infill", ["blur", "uniform", "knockoff"])
+    def test_batch_fit_equals_separate_fits(self, infill):
+        x = bright_images(3, torch.float64)
+        model = TinyConvNet(dtype=torch.float64)
+        cfg = FIDOConfig(iterations=15, samples=3, infill=infill)
+        seeds = [11, 22, 33]
+        batch = FIDO(model, cfg).fit(x, [0, 1, 2], seeds=seeds)
+        for i in range(3):
+            one = FIDO(model, cfg).fit(x[i : i + 1], [i], seeds=[seeds[i]])
+            assert torch.allclose(batch.logits[:, i], one.logits[:, 0], atol=1e-8)
+            assert torch.allclose(batch.history["loss"][:, i], one.history["loss"][:, 0], atol=1e-8)
+
+    def test_max_batch_does_not_change_the_result(self):
+        x = bright_images(3, torch.float64)
+        model = TinyConvNet(dtype=torch.float64)
+        cfg = FIDOConfig(iterations=10, samples=4)
+        full = FIDO(model, cfg).fit(x, seeds=[1, 2, 3])
+        for max_batch in (1, 5, 7):
+            chunked = FIDO(model, cfg, max_batch=max_batch).fit(x, seeds=[1, 2, 3])
+            assert torch.allclose(full.logits, chunked.logits, atol=1e-9)
+
+    def test_generator_is_deterministic(self):
+        x = bright_images(2)
+        model = TinyConvNet()
+        cfg = FIDOConfig(iterations=5, samples=2)
+        a = FIDO(model, cfg).fit(x, generator=torch.Generator().manual_seed(0))
+        b = FIDO(model, cfg).fit(x, generator=torch.Generator().manual_seed(0))
+        c = FIDO(model, cfg).fit(x, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(a.logits, b.logits) and not torch.equal(a.logits, c.logits)
+
+
+class TestModelUntouched:
+    def test_fit_leaves_model_state_as_it_was(self):
+        model = TinyConvNet()
+        model.train()
+        model.fc.eval()  # a mixed mode must come back mixed
+        model.conv.bias.requires_grad_(False)
+        model.fc.weight.grad = torch.full_like(model.fc.weight, 3.0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        modes = {n: m.training for n, m in model.named_modules()}
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        seen = []
+        model.register_forward_hook(lambda m, i, o: seen.append((m.training, any(p.requires_grad for p in m.parameters()))))
+
+        FIDO(model, FIDOConfig(iterations=3, samples=2)).fit(bright_images(2), seeds=[0, 1])
+
+        assert all(not training and not grads for training, grads in seen)  # eval, no param grads
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k  # BN running stats included
+        assert {n: m.training for n, m in model.named_modules()} == modes
+        assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+        assert torch.equal(model.fc.weight.grad, torch.full_like(model.fc.weight, 3.0))
+        assert all(p.grad is None for n, p in model.named_parameters() if n != "fc.weight")
+
+    def test_state_restored_after_an_error(self):
+        model = TinyConvNet()
+        model.train()
+        with pytest.raises(ValueError, match="target"):
+            FIDO(model, FIDOConfig(iterations=2)).fit(bright_images(1), 99)
+        assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+class TestResult:
+    def test_shapes_history_and_attribute(self):
+        x = bright_images(2)
+        fido = FIDO(TinyConvNet(), FIDOConfig(iterations=4, samples=2))
+        res = fido.fit(x, seeds=[0, 1])
+        assert res.ssr.shape == res.sdr.shape == res.joint.shape == (2, 16, 16)
+        assert res.logits.shape == (2, 2, 16, 16)
+        for k in ("loss", "ssr_prob", "sdr_prob", "l1", "tv"):
+            assert res.history[k].shape == (4, 2), k
+        assert res.model_evaluations == 4 * 2 * 2 * 2
+        assert torch.allclose(res.joint, (res.ssr * res.sdr).sqrt())
+        assert float(res.ssr.min()) >= 0 and float(res.ssr.max()) <= 1
+        # targets=None explains the prediction
+        assert torch.equal(res.targets, TinyConvNet().eval()(x).argmax(1))
+        a = fido.attribute(x, target=[0, 1], kind="ssr", seeds=[0, 1])
+        assert a.shape == (2, 1, 16, 16)
+
+
+class TestHelpers:
+    def test_log_odds_matches_float64_reference_and_is_stable(self):
+        z = torch.tensor([[1.0, 2.0, 3.0], [100.0, -100.0, 0.0], [-80.0, 80.0, 79.0]])
+        t = torch.tensor([2, 0, 0])
+        p = torch.softmax(z.double(), 1).gather(1, t[:, None]).squeeze(1)
+        got = log_odds(z, t)
+        assert torch.isfinite(got).all()
+        assert torch.allclose(got[:1].double(), (p.log() - (1 - p).log())[:1], atol=1e-5)
+        assert torch.allclose(got[1], torch.tensor(100.0), atol=1e-3)  # 1 − p underflows, log-odds does not
+        assert abs(got[2].item() - (-80.0 - (80 + math.log1p(math.exp(-1.0))))) < 1e-3  # z_c − logsumexp(80, 79)
+
+    def test_total_variation_hand_computed(self):
+        m = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+        # vertical |1-0| + |1-1| = 1; horizontal |1-0| + |1-1| = 1
+        assert total_variation(m).item() == 2.0
+        assert total_variation(torch.stack([m, torch.zeros(2, 2)])).tolist() == [2.0, 0.0]
+
+
+class TestBadInput:
+    def fido(self, **kw):
+        return FIDO(RegionClassifier(), FIDOConfig(iterations=1, samples=1, **kw))
+
+    def test_images(self):
+        f = self.fido()
+        with pytest.raises(ValueError, match=r"images: expected a 4-D tensor"):
+            f.fit(torch.rand(3, 16, 16))
+        with pytest.raises(TypeError, match="images: expected a floating-point"):
+            f.fit(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="images: expected finite"):
+            f.fit(torch.full((1, 3, 16, 16), float("nan")))
+        with pytest.raises(ValueError, match=r"images: expected values in \[0, 1\]"):
+            f.fit(torch.rand(1, 3, 16, 16) * 255)
+        with pytest.raises(ValueError, match="images: expected 3 channels"):
+            f.fit(torch.rand(1, 1, 16, 16))
+        with pytest.raises(TypeError, match="images: expected a torch.Tensor"):
+            f.fit([[0.5]])
+
+    def test_targets(self):
+        f = self.fido()
+        x = bright_images(2)
+        with pytest.raises(ValueError, match=r"target: expected class indices in \[0, 1\]"):
+            f.fit(x, 2)
+        with pytest.raises(ValueError, match="target: expected 2 targets"):
+            f.fit(x, [0, 1, 1])
+        with pytest.raises(TypeError, match="target: expected an integer tensor"):
+            f.fit(x, torch.tensor([0.0, 1.0]))
+        with pytest.raises(ValueError, match="seeds: expected 2"):
+            f.fit(x, seeds=[1])
+
+    def test_model_output(self):
+        x = bright_images(1)
+
+        class Flat(nn.Module):
+            def forward(self, x):
+                return x.mean(dim=(1, 2, 3))
+
+        class Pair(nn.Module):
+            def forward(self, x):
+                return x.mean(dim=(2, 3)), None
+
+        with pytest.raises(ValueError, match=r"model: expected the forward pass to return logits of shape \(1, K\)"):
+            FIDO(Flat()).fit(x)
+        with pytest.raises(TypeError, match="model: expected the forward pass to return a Tensor"):
+            FIDO(Pair()).fit(x)
+        with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
+            FIDO(lambda x: x)
+
+    def test_config(self):
+        with pytest.raises(ValueError, match="samples: expected an int >= 1, got 0"):
+            FIDOConfig(samples=0)
+        with pytest.raises(ValueError, match="iterations"):
+            FIDOConfig(iterations=0)
+        with pytest.raises(ValueError, match=r"sampler: expected one of \['cd', 'scd'\], got 'gumbel'"):
+            FIDOConfig(sampler="gumbel")
+        with pytest.raises(ValueError, match="infill: expected one of"):
+            FIDOConfig(infill="inpaint")
+        with pytest.raises(ValueError, match="mask_size"):
+            FIDOConfig(mask_size=(0, 4))
+        with pytest.raises(ValueError, match="temperature"):
+            FIDOConfig(temperature=-1.0)
+        with pytest.raises(ValueError, match="max_batch"):
+            FIDOConfig(max_batch=0)
+        with pytest.raises(TypeError, match="unexpected FIDOConfig fields"):
+            FIDO(RegionClassifier(), samplez=3)
+        with pytest.raises(ValueError, match="kind"):
+            self.fido().attribute(bright_images(1), kind="both")
