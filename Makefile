@@ -5,11 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= .cache
 PROFILE ?= auto
+# `make book CHAPTERS=01_concrete,02_fido FORCE=1`: only these chapters; execute even if up to date.
+CHAPTERS ?=
+FORCE ?=
+VENDOR := book/_vendor/vendor.json
 # Fixed thread count: CPU results then reproduce bit for bit (see PLATFORM notes in the README).
 export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED = 0
 
-.PHONY: setup data train book test clean
+.PHONY: setup chromium data train book chapters html check test clean
 
 # The stamp depends on the dependency files, so editing them re-runs the install.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -21,7 +25,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -c "import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.ones(1), 0.5); print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	@touch $@
 
-setup: $(VENV)/.installed
+# MathJax 3 and the ipywidgets embed scripts, from the npm registry, for the offline HTML.
+$(VENDOR): | $(VENV)/.installed
+	$(PY) -m fidobook.book vendor
+
+# Headless Chromium checks the built pages (make test); installed with apt when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium (headless browser for the book's checks; about 75 s)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
+
+setup: $(VENV)/.installed $(VENDOR) chromium
 
 data: setup
 	$(PY) -m fidobook.cli data --profile $(PROFILE) --cache-dir $(CACHE)
@@ -29,7 +44,20 @@ data: setup
 train: data
 	$(PY) -m fidobook.cli train --profile $(PROFILE) --cache-dir $(CACHE)
 
-book: train
+# The book: execute the chapters that changed (papermill, progress shown) into book/chapters/,
+# then the strict HTML build into book/_build/html, then the offline check of the pages.
+chapters: train
+	FIDOBOOK_CACHE=$(abspath $(CACHE)) $(PY) -m fidobook.book run --profile $(PROFILE) \
+	  $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(FORCE),--force)
+
+html: setup
+	$(PY) -m fidobook.book build
+
+check: setup
+	$(PY) -m fidobook.book check
+
+book: chapters
+	$(MAKE) --no-print-directory html check
 
 test: setup
 	$(PY) -m pytest

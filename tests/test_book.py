@@ -1,0 +1,225 @@
+"""The book: every chapter executed with the smoke profile, re-validated by nbval, built
+strictly to HTML, and loaded in headless Chromium with the network unreachable.
+
+The executed chapters and the site land in pytest's temporary folders; generated data and
+checkpoints are shared with ``make train`` through ``.cache/`` (``FIDOBOOK_CACHE``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fidobook import book
+
+ROOT = book.ROOT
+CHAPTERS = book.chapters()
+SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+
+
+def _notebook(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------
+# Sources and the toc (no execution)
+# ------------------------------------------------------------------------------------------
+
+class TestSources:
+    def test_toc_lists_chapters_with_sources(self):
+        assert CHAPTERS, "the toc lists no chapter under book/chapters/"
+        assert CHAPTERS[0] == "01_concrete"
+        for name in CHAPTERS:
+            assert (ROOT / "notebooks" / f"{name}.ipynb").is_file()
+        for page in ("book/intro.md", "book/appendix.md", "book/references.md",
+                     "book/references.bib", "_config.yml", "_toc.yml"):
+            assert (ROOT / page).is_file(), page
+
+    @pytest.mark.parametrize("name", CHAPTERS)
+    def test_chapter_source_is_clean_and_parameterised(self, name):
+        nb = _notebook(ROOT / "notebooks" / f"{name}.ipynb")
+        assert nb["metadata"]["kernelspec"]["name"] == "python3"
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        for cell in code:
+            assert cell.get("outputs", []) == [], f"{name}: committed with outputs"
+            assert cell.get("execution_count") is None, f"{name}: committed with execution counts"
+        tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{name}: expected one cell tagged 'parameters'"
+        source = "".join(tagged[0]["source"])
+        for parameter in book.PARAMETERS:
+            assert f"{parameter} =" in source, f"{name}: parameters cell lacks {parameter}"
+        assert "MPLBACKEND" not in json.dumps(nb), f"{name}: a non-inline backend drops figures"
+
+    def test_bibliography_has_the_cited_keys(self):
+        bib = (ROOT / "book" / "references.bib").read_text()
+        for key in ("korsch2023scd", "chang2019fido", "kantor2021overmap", "maddison2017concrete",
+                    "jang2017gumbel", "gal2017concretedropout", "selvaraju2017gradcam",
+                    "woo2018cbam", "hesse2023funnybirds", "wah2011cub", "geifman2019bias",
+                    "traub2024augrc", "kingma2015adam", "loshchilov2019adamw"):
+            assert f"{{{key}," in bib, key
+        assert "10.1609/aaai.v35i18.17900" in bib and "15807--15808" in bib
+        assert "CNS-TR-2011-001" in bib
+
+
+class TestHashes:
+    def test_hash_depends_on_parameters_only_through_them(self):
+        a = book.chapter_hash(CHAPTERS[0], {"profile": "smoke", "seed": 0})
+        b = book.chapter_hash(CHAPTERS[0], {"profile": "smoke", "seed": 0})
+        c = book.chapter_hash(CHAPTERS[0], {"profile": "smoke", "seed": 1})
+        assert a == b
+        assert c["hash"] != a["hash"] and c["source"] == a["source"] and c["package"] == a["package"]
+
+    def test_source_hash_ignores_outputs_and_metadata(self, tmp_path):
+        nb = _notebook(ROOT / "notebooks" / f"{CHAPTERS[0]}.ipynb")
+        plain = tmp_path / "a.ipynb"
+        plain.write_text(json.dumps(nb))
+        nb["metadata"]["papermill"] = {"duration": 1.0}
+        nb["cells"][1].setdefault("outputs", []).append(
+            {"output_type": "stream", "name": "stdout", "text": "x"})
+        noisy = tmp_path / "b.ipynb"
+        noisy.write_text(json.dumps(nb))
+        assert book._source_hash(plain) == book._source_hash(noisy)
+        nb["cells"][0]["source"] = "changed"
+        noisy.write_text(json.dumps(nb))
+        assert book._source_hash(plain) != book._source_hash(noisy)
+
+    def test_unknown_chapter_is_refused(self, tmp_path):
+        with pytest.raises(ValueError, match="unknown"):
+            book.run("smoke", "cpu", only=["99_nope"], out_dir=tmp_path, progress=False)
+
+
+class TestStaticExplorer:
+    def test_slider_is_linked_to_a_stack_of_images(self):
+        pytest.importorskip("ipywidgets")
+        box = book.static_explorer({"a": b"\x89PNG", "b": b"\x89PNG"}, "t", initial="b")
+        slider, stack = box.children
+        assert slider.options == ("a", "b") and slider.index == 1
+        assert stack.selected_index == 1 and len(stack.children) == 2
+
+    def test_rejects_empty_and_unknown_initial(self):
+        pytest.importorskip("ipywidgets")
+        with pytest.raises(ValueError, match="at least one"):
+            book.static_explorer({})
+        with pytest.raises(ValueError, match="initial"):
+            book.static_explorer({"a": b""}, initial="z")
+
+
+# ------------------------------------------------------------------------------------------
+# The smoke run, nbval, the strict build, the browser
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Every chapter executed with the smoke profile (device cpu, seed 0)."""
+    out = tmp_path_factory.mktemp("chapters-smoke")
+    t0 = time.perf_counter()
+    records = book.run("smoke", "cpu", 0, out_dir=out, progress=False, timeout=600)
+    print(f"smoke run of {len(records)} chapters: {time.perf_counter() - t0:.1f} s")
+    return out, records
+
+
+@pytest.fixture(scope="module")
+def site(smoke, tmp_path_factory):
+    """The strict HTML build of the smoke chapters."""
+    if not (book.VENDOR_DIR / "vendor.json").is_file():
+        pytest.fail("book/_vendor is missing: run `make setup` (python -m fidobook.book vendor)")
+    out = tmp_path_factory.mktemp("site")
+    return book.build(smoke[0], out, strict=True)
+
+
+class TestSmokeRun:
+    def test_every_chapter_ran_and_has_a_run_record(self, smoke):
+        out, records = smoke
+        assert [r["chapter"] for r in records] == CHAPTERS
+        for r in records:
+            assert r["status"] == "ok", r.get("error")
+            assert (out / f"{r['chapter']}.ipynb").is_file()
+            on_disk = json.loads((out / f"{r['chapter']}.run.json").read_text())
+            for key in ("profile", "profile_resolved", "device_resolved", "seed", "wall_seconds",
+                        "date", "fidobook", "torch", "hash", "hashes"):
+                assert key in on_disk, key
+            assert on_disk["profile"] == "smoke" and on_disk["device_resolved"] == "cpu"
+
+    @pytest.mark.parametrize("name", CHAPTERS)
+    def test_executed_chapter_has_no_errors_and_has_figures(self, smoke, name):
+        nb = _notebook(smoke[0] / f"{name}.ipynb")
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(c["execution_count"] is not None for c in code)
+        outputs = [o for c in code for o in c["outputs"]]
+        assert not [o for o in outputs if o["output_type"] == "error"]
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{name}: no figure"
+
+    def test_widget_state_is_stored(self, smoke):
+        nb = _notebook(smoke[0] / "01_concrete.ipynb")
+        state = nb["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+        models = {m["model_name"] for m in state.values()}
+        assert {"SelectionSliderModel", "StackModel", "ImageModel", "LinkModel"} <= models
+
+    def test_rerun_skips_unchanged_chapters(self, smoke):
+        t0 = time.perf_counter()
+        again = book.run("smoke", "cpu", 0, out_dir=smoke[0], progress=False)
+        assert [r["status"] for r in again] == ["up to date"] * len(CHAPTERS)
+        assert time.perf_counter() - t0 < 30
+
+    def test_appendix_table_comes_from_the_records(self, smoke):
+        page = (smoke[0] / "run_records.md").read_text()
+        for name in CHAPTERS:
+            assert f"`{name}`" in page
+        assert "smoke → smoke" in page and "| `smoke` | `cpu` | `gpu` |" in page
+
+    def test_nbval_reproduces_the_outputs(self, smoke):
+        notebooks = [str(smoke[0] / f"{n}.ipynb") for n in CHAPTERS]
+        env = dict(os.environ)
+        env.pop("MPLBACKEND", None)
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
+               "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
+               "--nbval-cell-timeout", "600", *notebooks]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=1800)
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
+class TestSite:
+    def test_strict_build_wrote_every_page(self, site):
+        for rel in ["index.html", "book/intro.html", "book/appendix.html",
+                    "book/references.html"] + [f"book/chapters/{n}.html" for n in CHAPTERS]:
+            assert (site / rel).is_file(), rel
+        appendix = (site / "book" / "appendix.html").read_text()
+        assert all(name in appendix for name in CHAPTERS)
+        references = (site / "book" / "references.html").read_text()
+        assert "Simplified Concrete Dropout" in references  # titles keep their case
+
+    def test_no_page_loads_anything_from_the_network(self, site):
+        assert book.external_resources(site) == {}
+        assert (site / "_static" / "vendor" / "mathjax" / "tex-chtml.js").is_file()
+        assert (site / "_static" / "vendor" / "html-manager" / "embed-amd.js").is_file()
+        page = (site / "book" / "chapters" / "01_concrete.html").read_text()
+        assert "_static/vendor/mathjax/tex-chtml.js" in page
+        assert "_static/vendor/require.js" in page
+
+    def test_the_browser_really_is_offline(self, tmp_path):
+        # The same MathJax, from a CDN: with the network unreachable nothing may typeset.
+        page = tmp_path / "cdn.html"
+        page.write_text('<html><body><p>$$x^2$$</p><script id="MathJax-script" async '
+                        'src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js">'
+                        '</script></body></html>')
+        dom = book.render_dom(page, budget_ms=5000)
+        assert "<p>" in dom and "mjx-container" not in dom
+
+    def test_pages_render_offline_in_chromium(self, site):
+        t0 = time.perf_counter()
+        reports = {r["page"]: r for r in book.browser_check(site, screenshots=site.parent / "shots")}
+        print(f"browser check: {time.perf_counter() - t0:.1f} s")
+        for page, r in reports.items():
+            assert not book._problems(r), (page, r)
+        ch1 = reports["book/chapters/01_concrete.html"]
+        assert ch1["math_blocks"] > 20 and ch1["mjx_containers"] >= ch1["math_blocks"]
+        assert ch1["images"] >= 5 and not ch1["images_broken"]
+        assert ch1["widget_views_expected"] >= 1 and ch1["widget_sliders"] >= 1
+        assert ch1["widget_images"] >= 1
+        assert Path(ch1["screenshot"]).stat().st_size > 10_000
