@@ -1,0 +1,20 @@
+"""Classifiers for fidobook: a small CNN with CBAM, torchvision ResNets, and their training loop.
+
+Every model takes ``Tensor[N, 3, H, W]`` in [0, 1] (normalisation is inside), returns logits
+``Tensor[N, K]``, and exposes ``cam_layer`` (the layer Grad-CAM reads) and ``cbam_modules``.
+"""
+from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .cnn import IMAGENET_MEAN, IMAGENET_STD, Normalize, SmallCNN, dropout_layers, mc_dropout
+from .resnet import RESNETS, LoadReport, ResNet, load_weights, resnet
+from .train import (ARCHS, Evaluation, TrainConfig, augment, build_model, cache_key,
+                    data_fingerprint, evaluate, load_checkpoint, predict, save_checkpoint,
+                    train_classifier)
+
+__all__ = [
+    "CBAM", "ChannelAttention", "SpatialAttention",
+    "IMAGENET_MEAN", "IMAGENET_STD", "Normalize", "SmallCNN", "dropout_layers", "mc_dropout",
+    "RESNETS", "LoadReport", "ResNet", "load_weights", "resnet",
+    "ARCHS", "Evaluation", "TrainConfig", "augment", "build_model", "cache_key",
+    "data_fingerprint", "evaluate", "load_checkpoint", "predict", "save_checkpoint",
+    "train_classifier",
+]

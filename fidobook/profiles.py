@@ -1,0 +1,145 @@
+"""Named run sizes for the book: ``smoke`` (CI), ``cpu`` (a laptop), ``gpu`` (full experiments).
+
+A chapter's ``parameters`` cell names a profile and overrides a few fields::
+
+    profile = get_profile("cpu", n_explain=8, classifier={"epochs": 10})
+
+``"auto"`` resolves to ``"gpu"`` when CUDA is available and to ``"cpu"`` otherwise. Profiles are
+frozen dataclasses: a chapter cannot change one by accident, and two equal profiles compare equal
+(which keeps cache keys stable).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_positive_int
+from .models.train import TrainConfig
+
+__all__ = ["Profile", "PROFILES", "PROFILE_NAMES", "get_profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One run size: the data set, the classifier and the FIDO experiments.
+
+    Attributes:
+        name (str): ``"smoke"``, ``"cpu"``, ``"gpu"`` (or a caller's own name).
+        n_classes (int): K, bird classes generated.
+        train_per_class (int): training images per class.
+        test_per_class (int): test images per class.
+        image_size (int): H = W of the generated images, px.
+        data_seed (int): seed of the bird generator.
+        classifier (TrainConfig): the classifier the chapters train (and cache).
+        fido_iterations (int): optimisation steps per FIDO mask.
+        fido_samples (int): S, mask samples per image per step.
+        n_explain (int): images explained by FIDO / scored by Over-MAP in the experiments.
+        mask_size (int): h = w of the low-resolution FIDO mask (upsampled to the image).
+    """
+
+    name: str
+    n_classes: int
+    train_per_class: int
+    test_per_class: int
+    image_size: int
+    classifier: TrainConfig
+    fido_iterations: int
+    fido_samples: int
+    n_explain: int
+    mask_size: int
+    data_seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"name: expected a non-empty str, got {self.name!r}")
+        for f in ("n_classes",):
+            check_positive_int(getattr(self, f), f, minimum=2)
+        for f in ("train_per_class", "test_per_class", "image_size", "fido_iterations",
+                  "fido_samples", "n_explain", "mask_size"):
+            check_positive_int(getattr(self, f), f)
+        check_positive_int(self.data_seed, "data_seed", minimum=0)
+        if not isinstance(self.classifier, TrainConfig):
+            raise TypeError(f"classifier: expected a TrainConfig, got {type(self.classifier).__name__}")
+        if self.mask_size > self.image_size:
+            raise ValueError(f"mask_size: expected at most image_size={self.image_size}, "
+                             f"got {self.mask_size}")
+
+    def birds_kwargs(self) -> dict:
+        """Keyword arguments for :func:`fidobook.data.birds.generate` (all but ``root``)."""
+        return {"n_classes": self.n_classes, "train_per_class": self.train_per_class,
+                "test_per_class": self.test_per_class, "size": self.image_size,
+                "seed": self.data_seed}
+
+
+# The cpu classifier was tuned on the cpu birds: >= 90 % test accuracy within 10 min on 2 cores
+# (see the report in the chapter on the birds). smoke only has to run, in seconds.
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", n_classes=10, train_per_class=20, test_per_class=10, image_size=48,
+        classifier=TrainConfig(arch="small_cnn", width=16, epochs=15, batch_size=32, lr=3e-3,
+                               image_size=48),
+        fido_iterations=20, fido_samples=4, n_explain=4, mask_size=12,
+    ),
+    "cpu": Profile(
+        name="cpu", n_classes=50, train_per_class=200, test_per_class=20, image_size=64,
+        classifier=TrainConfig(arch="small_cnn", width=32, epochs=30, batch_size=64, lr=3e-3,
+                               image_size=64),
+        fido_iterations=150, fido_samples=8, n_explain=32, mask_size=16,
+    ),
+    "gpu": Profile(
+        name="gpu", n_classes=100, train_per_class=300, test_per_class=50, image_size=224,
+        classifier=TrainConfig(arch="resnet18", cbam=True, dropout=0.2, stem="imagenet",
+                               epochs=60, batch_size=128, lr=2e-3, weight_decay=0.05,
+                               image_size=224),
+        fido_iterations=300, fido_samples=16, n_explain=200, mask_size=56,
+    ),
+}
+
+#: Names :func:`get_profile` accepts.
+PROFILE_NAMES = tuple(PROFILES) + ("auto",)
+
+
+def get_profile(name: str = "auto", **overrides) -> Profile:
+    """A named profile, with some fields replaced.
+
+    Args:
+        name (str, optional): ``"smoke"``, ``"cpu"``, ``"gpu"`` or ``"auto"`` (``"gpu"`` if
+            ``torch.cuda.is_available()``, else ``"cpu"``). Default: ``"auto"``.
+        **overrides: :class:`Profile` fields to replace. ``classifier`` may be a
+            :class:`TrainConfig` or a mapping of :class:`TrainConfig` fields merged into the
+            profile's own.
+
+    Returns:
+        Profile: ``name`` is the resolved name (``"auto"`` never appears).
+
+    Raises:
+        ValueError: unknown profile name or field (the message lists the valid ones).
+
+    Examples::
+
+        >>> get_profile("smoke", n_explain=2).n_explain
+        2
+        >>> get_profile("cpu", classifier={"epochs": 5}).classifier.epochs
+        5
+    """
+    if not isinstance(name, str) or name not in PROFILE_NAMES:
+        raise ValueError(f"name: expected one of {list(PROFILE_NAMES)}, got {name!r}")
+    if name == "auto":
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    profile = PROFILES[name]
+    fields = [f.name for f in dataclasses.fields(Profile)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"overrides: expected Profile fields among {fields}, got unknown {unknown}")
+    classifier = overrides.get("classifier")
+    if isinstance(classifier, Mapping):
+        config_fields = [f.name for f in dataclasses.fields(TrainConfig)]
+        bad = sorted(set(classifier) - set(config_fields))
+        if bad:
+            raise ValueError(f"classifier: expected TrainConfig fields among {config_fields}, "
+                             f"got unknown {bad}")
+        overrides["classifier"] = dataclasses.replace(profile.classifier, **classifier)
+    return dataclasses.replace(profile, **overrides)
