@@ -56,7 +56,7 @@ def cmd_train(args) -> int:
 def cmd_masks(args) -> int:
     from .data.cub import load_tensors
     from .fido import FIDO, FIDOConfig
-    from .models.train import _atomic_save
+    from ._io import atomic_torch_save
     from .workflow import prepare_classifier, prepare_data
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -101,7 +101,7 @@ def cmd_masks(args) -> int:
         y = labels[s : s + args.batch].to(device) if args.target == "label" else None
         seeds = [args.seed * 1_000_000 + int(i) for i in ids[s : s + args.batch]]
         res = fido.fit(x, y, seeds=seeds, progress=args.progress)
-        _atomic_save({"image_ids": ids[s : s + args.batch].clone(), "targets": res.targets.cpu(),
+        atomic_torch_save({"image_ids": ids[s : s + args.batch].clone(), "targets": res.targets.cpu(),
                       "logits": res.logits.cpu(), "ssr_prob": res.history["ssr_prob"][-1].cpu(),
                       "sdr_prob": res.history["sdr_prob"][-1].cpu(), "seconds": res.seconds}, path)
         done += 1

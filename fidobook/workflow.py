@@ -23,7 +23,7 @@ from torch import nn
 
 from .data import birds
 from .data.cub import load_tensors
-from .models.train import train_classifier
+from .models.train import load_cached_classifier, train_classifier
 from .profiles import Profile
 
 __all__ = ["data_dir", "prepare_data", "load_split", "prepare_classifier", "default_cache_dir"]
@@ -70,9 +70,13 @@ def prepare_classifier(profile: Profile, cache_dir: str | os.PathLike | None = N
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = prepare_data(profile, cache_dir, progress=progress)
+    fingerprint = _key((root / "fidobook_birds.json").read_text())
+    # A cache hit needs no pixels: look before decoding the training set.
+    cached = load_cached_classifier(profile.classifier, cache_dir / "models", fingerprint, device=device)
+    if cached is not None:
+        return cached
     train = load_tensors(root, "train", with_segmentation=False, with_part_masks=False)
     test = load_tensors(root, "test", with_segmentation=False, with_part_masks=False)
-    fingerprint = _key((root / "fidobook_birds.json").read_text())
     return train_classifier(profile.classifier, (train["images"], train["labels"]),
                             (test["images"], test["labels"]), cache_dir=cache_dir / "models",
                             device=device, progress=progress, fingerprint=fingerprint)

@@ -1,12 +1,11 @@
 """Tests of fidobook.models.train: training, evaluation, augmentation and the checkpoint cache."""
 import dataclasses
 import math
-import os
 
 import pytest
 import torch
 
-from fidobook.models import (TrainConfig, augment, cache_key, data_fingerprint, evaluate,
+from fidobook.models import (TrainConfig, augment, cache_key, data_fingerprint, evaluate, load_cached_classifier,
                              load_checkpoint, predict, save_checkpoint, train_classifier)
 from fidobook.models import train as train_mod
 
@@ -142,6 +141,15 @@ class TestCache:
         assert cache_key(TINY, train, fingerprint="birds-v1") != cache_key(TINY, train, fingerprint="v2")
         assert data_fingerprint(x, y) != data_fingerprint(x, y.flip(0))
 
+    def test_fingerprint_subsamples_large_tensors(self, monkeypatch):
+        monkeypatch.setattr(train_mod, "_FINGERPRINT_ELEMENTS", 1000)
+        x = torch.zeros(7, 3, 11, 13, dtype=torch.uint8)  # 3003 values > 1000
+        a = data_fingerprint(x)
+        x[-1, -1, -1, -1] = 1  # flat index 3002: not in the subsample (the last one is 2999)
+        assert data_fingerprint(x) == a
+        x[0, 0, 0, 0] = 1  # flat index 0: always hashed
+        assert data_fingerprint(x) != a
+
     @pytest.mark.parametrize("damage", ["truncate", "flip_tensor_byte", "empty"])
     def test_damaged_checkpoint_is_retrained(self, data, tmp_path, fit_counter, damage):
         train, _ = data
@@ -247,3 +255,16 @@ class TestAugment:
         b = augment(x, cfg, torch.Generator().manual_seed(1))
         assert torch.equal(a, b) and a.shape == x.shape
         assert float(a.min()) >= 0 and float(a.max()) <= 1
+
+
+class TestLoadCached:
+    def test_hit_needs_no_data_and_miss_returns_none(self, data, tmp_path):
+        train, test = data
+        cfg = dataclasses.replace(TINY, epochs=1)
+        assert load_cached_classifier(cfg, tmp_path, "birds-v1") is None
+        model, history = train_classifier(cfg, train, test, cache_dir=tmp_path, progress=False,
+                                          fingerprint="birds-v1")
+        hit = load_cached_classifier(cfg, tmp_path, "birds-v1")
+        assert hit is not None and hit[1] == history
+        torch.testing.assert_close(hit[0].fc.weight, model.fc.weight)
+        assert load_cached_classifier(cfg, tmp_path, "birds-v2") is None  # other data, other key

@@ -6,7 +6,8 @@ Every model takes ``Tensor[N, 3, H, W]`` in [0, 1] (normalisation is inside), re
 from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .cnn import IMAGENET_MEAN, IMAGENET_STD, Normalize, SmallCNN, dropout_layers, mc_dropout
 from .resnet import RESNETS, LoadReport, ResNet, load_weights, resnet
-from .train import (ARCHS, Evaluation, TrainConfig, augment, build_model, cache_key,
+from .train import (ARCHS, Evaluation, TrainConfig, augment, build_model, cache_key, checkpoint_path,
+                    load_cached_classifier,
                     data_fingerprint, evaluate, load_checkpoint, predict, save_checkpoint,
                     train_classifier)
 
@@ -14,7 +15,8 @@ __all__ = [
     "CBAM", "ChannelAttention", "SpatialAttention",
     "IMAGENET_MEAN", "IMAGENET_STD", "Normalize", "SmallCNN", "dropout_layers", "mc_dropout",
     "RESNETS", "LoadReport", "ResNet", "load_weights", "resnet",
-    "ARCHS", "Evaluation", "TrainConfig", "augment", "build_model", "cache_key",
+    "ARCHS", "Evaluation", "TrainConfig", "augment", "build_model", "cache_key", "checkpoint_path",
+    "load_cached_classifier",
     "data_fingerprint", "evaluate", "load_checkpoint", "predict", "save_checkpoint",
     "train_classifier",
 ]

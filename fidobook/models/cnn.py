@@ -5,9 +5,9 @@ Every classifier in fidobook takes images in [0, 1] and normalises them *inside*
 and never need to know a dataset's statistics.
 
 :class:`SmallCNN` is designed for CPU training speed: a stride-2 stem (most of the cost of a CNN is
-at full resolution), a few conv-BN-ReLU stages that halve the resolution and double the width, CBAM
-after each stage, global average pooling, dropout and a linear head. At 64 px and ``width=32`` it
-has about 0.3 M parameters.
+at full resolution), a few conv-BN-ReLU stages that halve the resolution and double the width,
+CBAM (in residual form) after each stage, global average pooling, dropout and a linear head. At
+64 px and ``width=32`` it has 0.30 M parameters and costs about 40 M multiply-adds per image.
 
 :func:`mc_dropout` switches only the dropout layers to training mode (batch norm stays in eval) for
 Monte-Carlo dropout, and restores every module's mode on exit.
@@ -75,23 +75,27 @@ class SmallCNN(nn.Module):
 
     Layout for ``width=w`` and ``depths=(d1, d2, d3)``::
 
-        Normalize → stem conv 3×3 /2 (w) → stage 1: d1 × conv (w)   → CBAM
-                                         → stage 2: /2, d2 × conv (2w) → CBAM
-                                         → stage 3: /2, d3 × conv (4w) → CBAM
+        Normalize → stem conv 3×3 /2 (w) → stage 1: d1 × conv (w)       → x + CBAM(x)
+                                         → stage 2: /2, d2 × conv (2w) → x + CBAM(x)
+                                         → stage 3: /2, d3 × conv (4w) → x + CBAM(x)
                   → global average pool → dropout → linear (K)
 
-    so a 64 px image gives 32, 16 and 8 px feature maps.
+    where each conv is conv 3×3 → batch norm → ReLU; a 64 px image gives 32, 16 and 8 px
+    feature maps.
 
     Args:
         num_classes (int): K.
         width (int, optional): channels of the first stage; later stages double it. Default: 32.
         dropout (float, optional): dropout rate before the linear head (MC dropout uses it).
             Default: 0.2.
-        cbam (bool, optional): put a CBAM block after each stage. Default: True.
+        cbam (bool, optional): put CBAM blocks after the stages in ``cbam_stages``. Default: True.
         depths (sequence of int, optional): conv layers per stage (the stride-2 conv of stages 2
             and 3 counts as one). Default: (1, 2, 2).
-        stem_stride (int, optional): 2 (stem halves the resolution) or 1 (a half-width stem at
-            full resolution, stage 1 halves it). Default: 2.
+        cbam_stages (sequence of int, optional): stages (1–3) followed by CBAM. Default: (1, 2, 3).
+        cbam_residual (bool, optional): CBAM in residual form, ``x + CBAM(x)`` (see
+            :class:`CBAM`): in this network without skip connections, three plain CBAM gates in
+            a row cut the test accuracy on the 64 px birds from 77 % to 56 % (8 epochs); the
+            residual form reached 82 %. Default: True.
 
     Attributes:
         cam_layer (nn.Module): the last conv-BN-ReLU block; its output ``Tensor[N, 4w, H/8, W/8]``
@@ -110,7 +114,7 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.2, cbam: bool = True,
-                 depths: Sequence[int] = (1, 2, 2), stem_stride: int = 2,
+                 depths: Sequence[int] = (1, 2, 2),
                  cbam_stages: Sequence[int] = (1, 2, 3), cbam_residual: bool = True):
         super().__init__()
         check_positive_int(num_classes, "num_classes", minimum=2)
@@ -126,21 +130,16 @@ class SmallCNN(nn.Module):
         cbam_stages = tuple(cbam_stages)
         if not all(isinstance(i, int) and 1 <= i <= 3 for i in cbam_stages):
             raise ValueError(f"cbam_stages: expected stage numbers in {{1, 2, 3}}, got {cbam_stages}")
-        if stem_stride not in (1, 2):
-            raise ValueError(f"stem_stride: expected 1 or 2, got {stem_stride!r}")
         self.num_classes = num_classes
         self.normalize = Normalize()
-        # stem_stride=1 keeps one layer at full resolution (half width, to bound its cost) for
-        # details of 1-2 px; stage 1 then halves the resolution instead.
-        c_stem = width if stem_stride == 2 else max(width // 2, 8)
-        self.stem = _conv_bn_relu(3, c_stem, stride=stem_stride)
-        stages, c_in = [], c_stem
+        # A stride-2 stem: a full-resolution layer costs ~4x a half-resolution one, and a variant
+        # with a stride-1 stem was slower and less accurate on the 64 px birds (93.7 % vs 98.3 %).
+        self.stem = _conv_bn_relu(3, width, stride=2)
+        stages, c_in = [], width
         for i, depth in enumerate(depths):
             c_out = width * 2 ** i
-            # Every stage but the first opens with a stride-2 conv (the first too after a
-            # stride-1 stem): features end at H/8 either way.
-            stride = 2 if i > 0 or stem_stride == 1 else 1
-            blocks = [_conv_bn_relu(c_in, c_out, stride=stride)]
+            # Stage 1 keeps the stem's resolution; later stages open with a stride-2 conv.
+            blocks = [_conv_bn_relu(c_in, c_out, stride=1 if i == 0 else 2)]
             blocks += [_conv_bn_relu(c_out, c_out) for _ in range(depth - 1)]
             if cbam and i + 1 in cbam_stages:
                 blocks.append(CBAM(c_out, residual=cbam_residual))
