@@ -82,7 +82,7 @@ def check_targets(target, n: int, num_classes: int | None, name: str = "target",
             f"{name}: expected an int, a sequence of ints or a LongTensor, got {type(target).__name__}"
         )
     if t.numel() != n:
-        raise ValueError(f"{name}: expected {n} targets (one per image), got {t.numel()}")
+        raise ValueError(f"{name}: expected {n} values (one per image), got {t.numel()}")
     if num_classes is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         raise ValueError(
             f"{name}: expected class indices in [0, {num_classes - 1}], got range "

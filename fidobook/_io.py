@@ -21,8 +21,8 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a cache is fine to share read-only
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # owns fd from here on: closed on any error
+            os.chmod(f.fileno(), 0o644)  # mkstemp makes 0600 files; a cache is fine to share read-only
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())

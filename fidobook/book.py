@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import contextlib
 import hashlib
 import json
 import os
@@ -270,6 +271,24 @@ def _log(msg: str) -> None:
     print(f"[fidobook.book] {msg}", flush=True)
 
 
+@contextlib.contextmanager
+def _kernel_environment(root: Path):
+    """The environment the kernels inherit; the caller's is restored on exit, also on error."""
+    saved = {k: os.environ.get(k) for k in ("FIDOBOOK_CACHE", "PYDEVD_DISABLE_FILE_VALIDATION", "MPLBACKEND")}
+    try:
+        os.environ.setdefault("FIDOBOOK_CACHE", str(root / ".cache"))
+        os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        if os.environ.pop("MPLBACKEND", None):
+            _log("MPLBACKEND unset for the kernels (a non-inline backend drops every figure)")
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
         data_dir: str | None = None, cache_dir: str | None = None,
         only: Sequence[str] | None = None, force: bool = False,
@@ -311,72 +330,69 @@ def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
         if unknown:
             raise ValueError(f"only: expected chapters among {names}, got unknown {unknown}")
         names = [n for n in names if n in only]
-    os.environ.setdefault("FIDOBOOK_CACHE", str(root / ".cache"))
-    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    if os.environ.pop("MPLBACKEND", None):
-        _log("MPLBACKEND unset for the kernels (a non-inline backend drops every figure)")
-    # The kernels run in out_dir: relative folders would point somewhere else there.
-    data_dir = str(Path(data_dir).resolve()) if data_dir is not None else None
-    cache_dir = str(Path(cache_dir).resolve()) if cache_dir is not None else None
-    profile_resolved, device_resolved = _resolved(profile, device)
-    parameters = {"profile": profile, "device": device, "seed": int(seed),
-                  "data_dir": data_dir, "cache_dir": cache_dir}
-    key = dict(parameters, profile_resolved=profile_resolved, device_resolved=device_resolved)
+    with _kernel_environment(root):
+        # The kernels run in out_dir: relative folders would point somewhere else there.
+        data_dir = str(Path(data_dir).resolve()) if data_dir is not None else None
+        cache_dir = str(Path(cache_dir).resolve()) if cache_dir is not None else None
+        profile_resolved, device_resolved = _resolved(profile, device)
+        parameters = {"profile": profile, "device": device, "seed": int(seed),
+                      "data_dir": data_dir, "cache_dir": cache_dir}
+        key = dict(parameters, profile_resolved=profile_resolved, device_resolved=device_resolved)
 
-    records, failed = [], []
-    for i, name in enumerate(names, 1):
-        source = root / "notebooks" / f"{name}.ipynb"
-        target = out_dir / f"{name}.ipynb"
-        record_path = out_dir / f"{name}.run.json"
-        hashes = chapter_hash(name, key, root)
-        if not force and target.is_file() and record_path.is_file():
-            old = json.loads(record_path.read_text())
-            if old.get("status") == "ok" and old.get("hash") == hashes["hash"]:
-                _log(f"[{i}/{len(names)}] {name}: up to date (hash {hashes['hash'][:12]}), skipped")
-                records.append(dict(old, status="up to date"))
-                continue
-        _log(f"[{i}/{len(names)}] {name}: executing with profile={profile} ({profile_resolved}), "
-             f"device={device} ({device_resolved}), seed={seed}")
-        partial = out_dir / f".{name}.running.ipynb"
-        t0 = time.perf_counter()
-        status, error = "ok", None
-        try:
-            pm.execute_notebook(str(source), str(partial), parameters=parameters,
-                                kernel_name="python3", execution_timeout=timeout,
-                                progress_bar=progress, cwd=str(out_dir), log_output=False)
-        except Exception as exc:  # noqa: BLE001 - reported, the other chapters still run
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-        wall = time.perf_counter() - t0
-        record = {
-            "chapter": name, "status": status, "error": error,
-            "source": source.relative_to(root).as_posix(),
-            "executed": target.name,
-            **parameters, "profile_resolved": profile_resolved,
-            "device_resolved": device_resolved,
-            "wall_seconds": round(wall, 1),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            **_versions(),
-            "host": {"system": platform.system(), "machine": platform.machine(),
-                     "cpu_count": os.cpu_count(),
-                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-            "hash": hashes["hash"], "hashes": hashes,
-        }
-        if status == "ok":
-            partial.replace(target)
-            _log(f"[{i}/{len(names)}] {name}: done in {wall:.1f} s -> {target}")
-        else:
-            failed_copy = out_dir / f"{name}.failed.ipynb"
-            if partial.exists():
-                partial.replace(failed_copy)
-            _log(f"[{i}/{len(names)}] {name}: FAILED after {wall:.1f} s: {error.splitlines()[0]}"
-                 f" (executed copy with the error: {failed_copy})")
-            failed.append(name)
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
-        records.append(record)
-    write_run_records_page(out_dir, root=root)
-    if failed:
-        raise RuntimeError(f"chapters failed: {failed}")
-    return records
+        records, failed = [], []
+        for i, name in enumerate(names, 1):
+            source = root / "notebooks" / f"{name}.ipynb"
+            target = out_dir / f"{name}.ipynb"
+            record_path = out_dir / f"{name}.run.json"
+            hashes = chapter_hash(name, key, root)
+            if not force and target.is_file() and record_path.is_file():
+                old = json.loads(record_path.read_text())
+                if old.get("status") == "ok" and old.get("hash") == hashes["hash"]:
+                    _log(f"[{i}/{len(names)}] {name}: up to date (hash {hashes['hash'][:12]}), skipped")
+                    records.append(dict(old, status="up to date"))
+                    continue
+            _log(f"[{i}/{len(names)}] {name}: executing with profile={profile} ({profile_resolved}), "
+                 f"device={device} ({device_resolved}), seed={seed}")
+            partial = out_dir / f".{name}.running.ipynb"
+            t0 = time.perf_counter()
+            status, error = "ok", None
+            try:
+                pm.execute_notebook(str(source), str(partial), parameters=parameters,
+                                    kernel_name="python3", execution_timeout=timeout,
+                                    progress_bar=progress, cwd=str(out_dir), log_output=False)
+            except Exception as exc:  # noqa: BLE001 - reported, the other chapters still run
+                status, error = "failed", f"{type(exc).__name__}: {exc}"
+            wall = time.perf_counter() - t0
+            record = {
+                "chapter": name, "status": status, "error": error,
+                "source": source.relative_to(root).as_posix(),
+                "executed": target.name,
+                **parameters, "profile_resolved": profile_resolved,
+                "device_resolved": device_resolved,
+                "wall_seconds": round(wall, 1),
+                "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                **_versions(),
+                "host": {"system": platform.system(), "machine": platform.machine(),
+                         "cpu_count": os.cpu_count(),
+                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+                "hash": hashes["hash"], "hashes": hashes,
+            }
+            if status == "ok":
+                partial.replace(target)
+                _log(f"[{i}/{len(names)}] {name}: done in {wall:.1f} s -> {target}")
+            else:
+                failed_copy = out_dir / f"{name}.failed.ipynb"
+                if partial.exists():
+                    partial.replace(failed_copy)
+                _log(f"[{i}/{len(names)}] {name}: FAILED after {wall:.1f} s: {error.splitlines()[0]}"
+                     f" (executed copy with the error: {failed_copy})")
+                failed.append(name)
+            record_path.write_text(json.dumps(record, indent=2) + "\n")
+            records.append(record)
+        write_run_records_page(out_dir, root=root)
+        if failed:
+            raise RuntimeError(f"chapters failed: {failed}")
+        return records
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:

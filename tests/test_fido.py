@@ -211,7 +211,7 @@ class TestBadInput:
         x = bright_images(2)
         with pytest.raises(ValueError, match=r"target: expected class indices in \[0, 1\]"):
             f.fit(x, 2)
-        with pytest.raises(ValueError, match="target: expected 2 targets"):
+        with pytest.raises(ValueError, match=r"target: expected 2 values \(one per image\), got 3"):
             f.fit(x, [0, 1, 1])
         with pytest.raises(TypeError, match="target: expected an integer tensor"):
             f.fit(x, torch.tensor([0.0, 1.0]))

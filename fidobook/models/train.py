@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .._checks import (check_choice, check_positive_float, check_positive_int, check_tensor)
 from .._io import atomic_torch_save
 from .cnn import SmallCNN
-from .resnet import RESNETS, resnet
+from .resnet import _STEMS, RESNETS, resnet
 
 __all__ = ["TrainConfig", "ARCHS", "build_model", "train_classifier", "predict", "evaluate",
            "Evaluation", "data_fingerprint", "cache_key", "save_checkpoint", "load_checkpoint",
@@ -43,7 +43,6 @@ __all__ = ["TrainConfig", "ARCHS", "build_model", "train_classifier", "predict",
 ARCHS = ("small_cnn",) + RESNETS
 _OPTIMIZERS = ("adamw", "sgd")
 _SCHEDULES = ("onecycle", "cosine")
-_STEMS = ("imagenet", "small")
 # Bump when the checkpoint layout or the training procedure changes: old cache entries then miss.
 _FORMAT = 1
 # Elements of the image tensor hashed at most; beyond this an even subsample is hashed.
@@ -568,8 +567,9 @@ def _fit(config: TrainConfig, images: Tensor, labels: Tensor, test: tuple[Tensor
                 loss.backward()
                 opt.step()
                 sched.step()
-                loss_sum += float(loss.detach()) * len(idx)
-                correct += int((logits.detach().argmax(1) == y).sum())
+                # Accumulated on the device: a float() here would sync a GPU every step.
+                loss_sum += loss.detach().double() * len(idx)
+                correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(idx)
                 bar.update(1)
             test_acc = float("nan")
@@ -578,12 +578,12 @@ def _fit(config: TrainConfig, images: Tensor, labels: Tensor, test: tuple[Tensor
                 pred = _logits(model, test[0], 256, device).argmax(1)
                 test_acc = float((pred == test[1].cpu()).float().mean())
             history["epoch"].append(epoch + 1)
-            history["train_loss"].append(loss_sum / seen)
-            history["train_acc"].append(correct / seen)
+            history["train_loss"].append(float(loss_sum) / seen)
+            history["train_acc"].append(int(correct) / seen)
             history["test_acc"].append(test_acc)
             history["lr"].append(float(opt.param_groups[0]["lr"]))
             history["seconds"].append(time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+            bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", acc=f"{history['train_acc'][-1]:.3f}",
                             test=f"{test_acc:.3f}")
     finally:
         bar.close()
