@@ -243,13 +243,9 @@ def chapter_hash(name: str, parameters: Mapping, root: str | os.PathLike = ROOT)
 # --------------------------------------------------------------------------------------------
 
 def _resolved(profile: str, device: str) -> tuple[str, str]:
-    import torch
+    from .profiles import get_profile
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if profile == "auto":
-        profile = "gpu" if torch.cuda.is_available() else "cpu"
-    return profile, device
+    return get_profile(profile).name, str(_resolve_device(device))
 
 
 def _versions() -> dict:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _checks
+from ._state import restored_modes
 from .infill import INFILLS, RANDOM_INFILLS
 from .samplers import SAMPLERS, MaskSampler, get_sampler, open_uniform
 
@@ -184,18 +185,16 @@ def frozen_model(model: nn.Module):
     A fit differentiates with respect to the masks only: parameter gradients would cost time, and
     dropout or batch statistics would make one image's masks depend on the others in the batch.
     """
-    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    with restored_modes(model):
+        try:
+            model.eval()
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 def _mask_hw(config: FIDOConfig, height: int, width: int) -> tuple[int, int]:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive_float, check_positive_int
+from .._state import restored_modes
 from .cbam import CBAM
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Normalize", "SmallCNN", "mc_dropout", "dropout_layers"]
@@ -211,12 +212,8 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     if not any(getattr(m, "p", 0.0) > 0 for m in layers):
         raise ValueError(f"model: expected at least one dropout layer with rate > 0 for MC dropout, "
                          f"got {len(layers)} dropout layers, none active")
-    modes = [(m, m.training) for m in model.modules()]
-    try:
+    with restored_modes(model):
         model.eval()
         for m in layers:
             m.train()
         yield model
-    finally:
-        for m, was_training in modes:
-            m.training = was_training

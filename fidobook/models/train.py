@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .._checks import (check_choice, check_positive_float, check_positive_int, check_tensor)
 from .._io import atomic_torch_save
+from .._state import restored_modes
 from .cnn import SmallCNN
 from .resnet import _STEMS, RESNETS, resnet
 
@@ -374,13 +375,9 @@ def predict(model: nn.Module, images: Tensor, *, batch_size: int = 256,
     _check_image_tensor(images, "images")
     check_positive_int(batch_size, "batch_size")
     device = torch.device(device) if device is not None else _model_device(model)
-    modes = [(m, m.training) for m in model.modules()]
-    try:
+    with restored_modes(model):
         model.eval()
         return _logits(model, images, batch_size, device)
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
 
 
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 256,
