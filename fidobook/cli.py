@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp):
+    def common(sp, device=False):
+        if device:
+            sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         sp.add_argument("--profile", default="auto", help="smoke, cpu, gpu or auto (default)")
         sp.add_argument("--cache-dir", default=None, help="default: $FIDOBOOK_CACHE or .cache")
         return sp
@@ -124,15 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     d.set_defaults(func=cmd_data)
 
-    t = common(sub.add_parser("train", help="train (or load) the profile's classifier"))
-    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    t = common(sub.add_parser("train", help="train (or load) the profile's classifier"), device=True)
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.set_defaults(func=cmd_train)
 
-    m = common(sub.add_parser("masks", help="FIDO masks for a split, in resumable batches"))
+    m = common(sub.add_parser("masks", help="FIDO masks for a split, in resumable batches"), device=True)
     m.add_argument("--out", required=True, help="output folder (one file per batch)")
     m.add_argument("--split", default="test", choices=["train", "test", "all"])
-    m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     m.add_argument("--batch", type=int, default=16, help="images per fit")
     m.add_argument("--limit", type=int, default=None, help="only the first N images")
     m.add_argument("--sampler", default="scd", choices=["cd", "scd"])
