@@ -1,7 +1,9 @@
 """fidobook: attribution masks (FIDO with concrete and simplified concrete dropout) and
 Over-MAP confidence for fine-grained image classification — the package behind the book."""
-from . import data, models, parts, plots
-from .data import CUB, PART_NAMES, generate, load_tensors, render_bird
+from . import cam, data, enhance, metrics, models, overmap, parts, plots, segmentation, stats, study
+from .cam import attention_maps, cbam_attention, grad_cam
+from .data import CUB, HARD_CASES, PART_NAMES, generate, load_tensors, make_hard_set, render_bird
+from .enhance import crop_boxes, mask_boxes, random_boxes_like
 from .fido import FIDO, FIDOConfig, FIDOResult, frozen_model, log_odds, total_variation
 from .infill import INFILLS, RANDOM_INFILLS, blur_sigma, infill
 from .samplers import (
@@ -14,10 +16,19 @@ from .samplers import (
     open_uniform,
     stable_sigmoid,
 )
-from .models import SmallCNN, TrainConfig, evaluate, mc_dropout, predict, resnet, train_classifier
+from .metrics import (curve_auc, deletion_curve, insertion_curve, map_iou, mass_outside, normalize_maps,
+                      normalized_tv, pointing_game, relevance_mass, relevance_rank, score_maps)
+from .models import (SegConfig, SegNet, SmallCNN, TrainConfig, evaluate, mc_dropout, predict, resnet,
+                     train_classifier, train_segmenter)
+from .overmap import (augrc, aurc, e_aurc, max_softmax, mc_dropout_probs, mc_dropout_scores,
+                      negative_entropy, overlap_iou, overlap_mass, rejection_table, risk_coverage,
+                      topk_correct)
 from .parts import PART_LABELS, class_table, discriminative_parts, error_parts, part_mass
 from .profiles import PROFILES, Profile, get_profile
-from .workflow import data_dir, load_split, prepare_classifier, prepare_data
+from .segmentation import Segmentation, guided_segmentation, segment
+from .study import fit_cached, model_digest
+from .workflow import (data_dir, load_split, prepare_classifier, prepare_data, prepare_hard_set,
+                       prepare_segmenter)
 
 __version__ = "0.1.0"
 
@@ -30,5 +41,16 @@ __all__ = [
     "SmallCNN", "TrainConfig", "evaluate", "mc_dropout", "predict", "resnet", "train_classifier",
     "PROFILES", "Profile", "get_profile",
     "parts", "plots", "PART_LABELS", "class_table", "discriminative_parts", "error_parts", "part_mass",
-    "data_dir", "load_split", "prepare_classifier", "prepare_data",
+    "data_dir", "load_split", "prepare_classifier", "prepare_data", "prepare_hard_set",
+    "prepare_segmenter",
+    "cam", "attention_maps", "cbam_attention", "grad_cam",
+    "enhance", "crop_boxes", "mask_boxes", "random_boxes_like",
+    "HARD_CASES", "make_hard_set",
+    "metrics", "curve_auc", "deletion_curve", "insertion_curve", "map_iou", "mass_outside",
+    "normalize_maps", "normalized_tv", "pointing_game", "relevance_mass", "relevance_rank", "score_maps",
+    "overmap", "augrc", "aurc", "e_aurc", "max_softmax", "mc_dropout_probs", "mc_dropout_scores",
+    "negative_entropy", "overlap_iou", "overlap_mass", "rejection_table", "risk_coverage", "topk_correct",
+    "segmentation", "Segmentation", "guided_segmentation", "segment", "SegConfig", "SegNet",
+    "train_segmenter",
+    "stats", "study", "fit_cached", "model_digest",
 ]

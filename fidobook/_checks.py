@@ -110,6 +110,38 @@ def check_positive_float(value, name: str, allow_zero: bool = False) -> float:
     return value
 
 
+def check_level(level, name: str = "level") -> float:
+    """The coverage of a confidence interval: a number strictly between 0 and 1."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)):
+        raise TypeError(f"{name}: expected a number in (0, 1), got {level!r}")
+    if not 0 < level < 1:  # NaN fails too
+        raise ValueError(f"{name}: expected a number in (0, 1), got {level!r}")
+    return float(level)
+
+
+def check_generator(generator, name: str = "generator") -> torch.Generator:
+    """A ``torch.Generator`` as is, or a new CPU generator seeded with an int."""
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        return torch.Generator().manual_seed(generator)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name}: expected a torch.Generator or an int seed, got "
+                        f"{type(generator).__name__}")
+    return generator
+
+
+def squeeze_channel(x: Tensor, name: str, *, non_empty: bool = False) -> Tensor:
+    """``Tensor[N, H, W]`` from ``Tensor[N, H, W]`` or ``Tensor[N, 1, H, W]`` (the channel squeezed).
+
+    ``non_empty=True`` also rejects a tensor without elements (N, H or W of 0).
+    """
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 3 or (non_empty and x.numel() == 0):
+        what = "a non-empty tensor of shape" if non_empty else "shape"
+        raise ValueError(f"{name}: expected {what} (N, H, W) or (N, 1, H, W), got {tuple(x.shape)}")
+    return x
+
+
 def check_choice(value, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -123,6 +124,8 @@ class FIDOResult:
         config (FIDOConfig): the settings of the fit.
         model_evaluations (int): images passed through the model (a cost in forward passes).
         seconds (float): wall time of the fit.
+        snapshots (dict[int, Tensor[2, N, h, w]]): the logits θ after the given (1-based)
+            iterations, as requested with ``fit(..., snapshots=...)``; empty by default.
     """
 
     ssr: Tensor
@@ -134,6 +137,32 @@ class FIDOResult:
     config: FIDOConfig
     model_evaluations: int = 0
     seconds: float = 0.0
+    snapshots: dict[int, Tensor] = field(default_factory=dict)
+
+    def maps_at(self, iteration: int) -> dict[str, Tensor]:
+        """The SSR, SDR and joint maps after ``iteration`` steps, at image resolution.
+
+        Computed from the logits recorded at that iteration exactly as the final maps are from
+        the final logits (sigmoid, bilinear upsampling), so ``maps_at(config.iterations)`` equals
+        ``ssr``, ``sdr`` and ``joint``.
+
+        Args:
+            iteration (int): a key of :attr:`snapshots`, or ``config.iterations`` (the end).
+
+        Returns:
+            dict: ``{"ssr", "sdr", "joint"}``, each ``Tensor[N, H, W]``.
+        """
+        if isinstance(iteration, bool) or not isinstance(iteration, int):
+            raise TypeError(f"iteration: expected an int, got {iteration!r}")
+        if iteration in self.snapshots:
+            theta = self.snapshots[iteration]
+        elif iteration == self.config.iterations:
+            theta = self.logits
+        else:
+            raise ValueError(f"iteration: expected one of the recorded iterations "
+                             f"{sorted(set(self.snapshots) | {self.config.iterations})}, got {iteration}")
+        ssr, sdr, joint = _maps(theta, tuple(self.ssr.shape[-2:]))
+        return {"ssr": ssr, "sdr": sdr, "joint": joint}
 
     def to(self, device) -> "FIDOResult":
         def move(v):
@@ -207,6 +236,27 @@ def _mask_hw(config: FIDOConfig, height: int, width: int) -> tuple[int, int]:
     return tuple(config.mask_size)  # type: ignore[return-value]
 
 
+def _maps(theta: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """SSR keep, SDR drop and joint maps ``Tensor[N, H, W]`` from logits ``Tensor[2, N, h, w]``."""
+    with torch.no_grad():
+        ssr = _upsample(torch.sigmoid(theta[0]), size)
+        sdr = _upsample(torch.sigmoid(-theta[1]), size)
+        return ssr, sdr, torch.sqrt(ssr * sdr)
+
+
+def _check_snapshots(snapshots, iterations: int) -> tuple[int, ...]:
+    """Sorted, de-duplicated 1-based iterations in ``[1, iterations]``."""
+    if isinstance(snapshots, (str, bytes)) or not hasattr(snapshots, "__iter__"):
+        raise TypeError(f"snapshots: expected a sequence of ints, got {type(snapshots).__name__}")
+    steps = list(snapshots.tolist() if isinstance(snapshots, Tensor) else snapshots)
+    for k in steps:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):  # numpy ints welcome
+            raise TypeError(f"snapshots: expected a sequence of ints, got {k!r} in it")
+        if not 1 <= k <= iterations:
+            raise ValueError(f"snapshots: expected iterations in [1, {iterations}], got {k}")
+    return tuple(sorted({int(k) for k in steps}))
+
+
 def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear upsampling of ``Tensor[R, h, w]`` to ``Tensor[R, H, W]`` (identity if equal)."""
     if tuple(maps.shape[-2:]) == tuple(size):
@@ -251,6 +301,7 @@ class FIDO:
         generator: torch.Generator | None = None,
         progress: bool = False,
         seeds=None,
+        snapshots=(),
     ) -> FIDOResult:
         """Learns SSR and SDR masks for every image at once.
 
@@ -263,11 +314,15 @@ class FIDO:
             progress: show a progress bar over the iterations.
             seeds: one int per image; image ``i``'s noise comes from a generator seeded with
                 ``seeds[i]``, so its masks do not depend on the other images in the batch.
+            snapshots: 1-based iterations (each in ``[1, iterations]``) after which the logits
+                θ are also recorded (detached copies, ``result.snapshots[k]``); one fit then
+                gives the masks at several iteration counts (:meth:`FIDOResult.maps_at`).
 
         Returns:
             FIDOResult: maps ``(N, H, W)``, logits, history.
         """
         cfg = self.config
+        snapshots = _check_snapshots(snapshots, cfg.iterations)
         # Models that declare their input channels (fidobook's do) get the count checked here.
         _checks.check_images(images, channels=getattr(self.model, "in_channels", None))
         n, c, height, width = images.shape
@@ -302,6 +357,7 @@ class FIDO:
         opt = torch.optim.AdamW([theta], lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused)
         hist = {k: torch.zeros((cfg.iterations, n), device=device, dtype=dtype)
                 for k in ("loss", "ssr_prob", "sdr_prob", "l1", "tv")}
+        recorded: dict[int, Tensor] = {}
 
         with frozen_model(self.model) as model:
             for step in tqdm(range(cfg.iterations), disable=not progress, desc="FIDO", leave=False):
@@ -347,6 +403,8 @@ class FIDO:
                 reg = ramp * (cfg.l1 * l1 + cfg.tv * tv)  # (N,)
                 reg.sum().backward()
                 opt.step()
+                if step + 1 in snapshots:
+                    recorded[step + 1] = theta.detach().clone()
 
                 with torch.no_grad():
                     objective = (lo_all * row_weight).view(2, n, s).sum(dim=(0, 2))
@@ -356,14 +414,12 @@ class FIDO:
                     hist["l1"][step] = l1.detach()
                     hist["tv"][step] = tv.detach()
 
-        with torch.no_grad():
-            theta = theta.detach()
-            ssr = _upsample(torch.sigmoid(theta[0]), (height, width))
-            sdr = _upsample(torch.sigmoid(-theta[1]), (height, width))
-            joint = torch.sqrt(ssr * sdr)
+        theta = theta.detach()
+        ssr, sdr, joint = _maps(theta, (height, width))
         return FIDOResult(
             ssr=ssr, sdr=sdr, joint=joint, logits=theta, targets=targets, history=hist, config=cfg,
             model_evaluations=cfg.iterations * rows, seconds=time.perf_counter() - t0,
+            snapshots=recorded,
         )
 
     def attribute(self, inputs: Tensor, target=None, *, kind: str = "joint",

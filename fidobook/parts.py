@@ -49,8 +49,9 @@ def part_mass(maps: Tensor, part_masks: Tensor, num_labels: int | None = None) -
         >>> part_mass(m, labels, 8)[0, 5]
         tensor(0.7500, dtype=torch.float64)
     """
-    maps = _squeeze_channel(_checks.check_float(maps, "maps"), "maps")
-    part_masks = _squeeze_channel(_checks.check_tensor(part_masks, "part_masks"), "part_masks")
+    maps = _checks.squeeze_channel(_checks.check_float(maps, "maps"), "maps")
+    part_masks = _checks.squeeze_channel(_checks.check_tensor(part_masks, "part_masks"),
+                                         "part_masks")
     if part_masks.is_floating_point() or part_masks.dtype == torch.bool:
         raise TypeError(f"part_masks: expected an integer tensor of labels, got dtype {part_masks.dtype}")
     if maps.shape != part_masks.shape:
@@ -69,14 +70,6 @@ def part_mass(maps: Tensor, part_masks: Tensor, num_labels: int | None = None) -
     mass.scatter_add_(1, labels.to(values.device), values)  # (N, L)
     total = mass.sum(1, keepdim=True)  # (N, 1)
     return mass / total.where(total > 0, torch.full_like(total, float("nan")))
-
-
-def _squeeze_channel(x: Tensor, name: str) -> Tensor:
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3:
-        raise ValueError(f"{name}: expected shape (N, H, W) or (N, 1, H, W), got {tuple(x.shape)}")
-    return x
 
 
 def class_table(classes: Sequence[Mapping[str, int]]) -> Tensor:

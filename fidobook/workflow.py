@@ -26,7 +26,8 @@ from .data.cub import load_tensors
 from .models.train import load_cached_classifier, train_classifier
 from .profiles import Profile
 
-__all__ = ["data_dir", "prepare_data", "load_split", "prepare_classifier", "default_cache_dir"]
+__all__ = ["data_dir", "prepare_data", "load_split", "prepare_classifier", "default_cache_dir",
+           "prepare_hard_set", "prepare_segmenter"]
 
 
 def default_cache_dir() -> Path:
@@ -57,6 +58,28 @@ def load_split(profile: Profile, split: str = "train", cache_dir: str | os.PathL
     return load_tensors(prepare_data(profile, cache_dir, progress=progress), split, progress=progress)
 
 
+def _prepare_model(profile: Profile, config, cache_dir: str | os.PathLike | None, load_cached, train,
+                   *, device, progress: bool, **splits) -> tuple[nn.Module, dict]:
+    """``(model, history)`` for ``config`` on the profile's birds: from the cache, else trained.
+
+    The cache (``cache_dir/models``) is keyed by the configuration and a fingerprint of the data
+    set's generation arguments, so a hit needs no pixels: ``load_cached(config, folder,
+    fingerprint, device=...)`` looks before the splits are decoded. On a miss, ``train(config,
+    train_split, test_split, cache_dir=..., device=..., progress=..., fingerprint=...)`` gets the
+    splits as :func:`fidobook.data.load_tensors` returns them (``splits``: its options).
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = prepare_data(profile, cache_dir, progress=progress)
+    fingerprint = _key((root / "fidobook_birds.json").read_text())
+    cached = load_cached(config, cache_dir / "models", fingerprint, device=device)
+    if cached is not None:
+        return cached
+    train_split = load_tensors(root, "train", **splits)
+    test_split = load_tensors(root, "test", **splits)
+    return train(config, train_split, test_split, cache_dir=cache_dir / "models", device=device,
+                 progress=progress, fingerprint=fingerprint)
+
+
 def prepare_classifier(profile: Profile, cache_dir: str | os.PathLike | None = None, *,
                        device: str | torch.device = "cpu", progress: bool = True,
                        ) -> tuple[nn.Module, dict]:
@@ -68,15 +91,78 @@ def prepare_classifier(profile: Profile, cache_dir: str | os.PathLike | None = N
     Returns:
         tuple: ``(model, history)`` as :func:`fidobook.models.train_classifier` returns them.
     """
+    # train_classifier takes the splits' mappings: it reads their "images" and "labels".
+    return _prepare_model(profile, profile.classifier, cache_dir, load_cached_classifier,
+                          train_classifier, device=device, progress=progress,
+                          with_segmentation=False, with_part_masks=False)
+
+
+def prepare_hard_set(profile: Profile, cases=None, per_case: int | None = None,
+                     cache_dir: str | os.PathLike | None = None, *, progress: bool = False) -> dict:
+    """The profile's hard test cases (:func:`fidobook.data.hard.make_hard_set`), cached.
+
+    The birds use the profile's class table, image size and data seed. The set is saved
+    atomically to ``cache_dir/hard/hard-<profile>-<key>.pt``, the key digesting the cases,
+    ``per_case``, the size, the seed, the class table and the hard set's format version; a
+    second call loads it. A case's images do not depend on the other cases asked for.
+
+    Args:
+        profile (Profile): the run size (its data set is generated if missing).
+        cases (sequence of str, optional): a subset of :data:`fidobook.data.hard.HARD_CASES`.
+            Default: all of them.
+        per_case (int, optional): images per case. Default: a fifth of the profile's test set,
+            8 to 500 (:func:`fidobook.data.hard.default_per_case`).
+        cache_dir (path, optional): default ``$FIDOBOOK_CACHE`` or ``.cache``.
+        progress (bool): progress bars while generating. Default: False.
+
+    Returns:
+        dict: see :func:`fidobook.data.hard.make_hard_set`.
+    """
+    import warnings
+
+    from . import _checks
+    from ._io import atomic_torch_save
+    from .data import hard
+
+    cases = hard.HARD_CASES if cases is None else cases
+    cases = hard._check_cases(cases)  # before any work: a bad call fails at once
+    if per_case is None:
+        per_case = hard.default_per_case(profile.n_classes, profile.test_per_class)
+    _checks.check_positive_int(per_case, "per_case")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    root = prepare_data(profile, cache_dir, progress=progress)
-    fingerprint = _key((root / "fidobook_birds.json").read_text())
-    # A cache hit needs no pixels: look before decoding the training set.
-    cached = load_cached_classifier(profile.classifier, cache_dir / "models", fingerprint, device=device)
-    if cached is not None:
-        return cached
-    train = load_tensors(root, "train", with_segmentation=False, with_part_masks=False)
-    test = load_tensors(root, "test", with_segmentation=False, with_part_masks=False)
-    return train_classifier(profile.classifier, (train["images"], train["labels"]),
-                            (test["images"], test["labels"]), cache_dir=cache_dir / "models",
-                            device=device, progress=progress, fingerprint=fingerprint)
+    classes = birds.read_class_parts(prepare_data(profile, cache_dir, progress=progress))
+    key = _key({"format_version": hard.HARD_FORMAT_VERSION, "cases": list(cases),
+                "per_case": per_case, "size": profile.image_size, "seed": profile.data_seed,
+                "classes": classes})
+    path = cache_dir / "hard" / f"hard-{profile.name}-{key}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # damaged or foreign: generate again
+            warnings.warn(f"prepare_hard_set: ignoring unreadable cache file {path} ({err})",
+                          stacklevel=2)
+    data = hard.make_hard_set(classes, cases, per_case, profile.image_size, profile.data_seed,
+                              progress=progress)
+    atomic_torch_save(data, path)
+    return data
+
+
+def prepare_segmenter(profile: Profile, cache_dir: str | os.PathLike | None = None, *,
+                      device: str | torch.device = "cpu", progress: bool = False,
+                      ) -> tuple[nn.Module, dict]:
+    """Trains the profile's object segmenter on its birds' segmentations, or loads it from the cache.
+
+    The segmenter is ``profile.segmenter`` (a :class:`fidobook.models.SegConfig`), trained on the
+    training split's object masks and scored (mean IoU) on the test split after every epoch. Like
+    :func:`prepare_classifier`, the cache key (under ``cache_dir/models``) combines the
+    configuration with the data set's generation arguments, so a cache hit decodes no image.
+
+    Returns:
+        tuple: ``(model, history)`` as :func:`fidobook.models.train_segmenter` returns them: a
+        :class:`fidobook.models.SegNet` in eval mode on ``device`` and per-epoch ``train_loss``,
+        ``test_iou`` and ``seconds``.
+    """
+    from .models.segnet import load_cached_segmenter, train_segmenter
+
+    return _prepare_model(profile, profile.segmenter, cache_dir, load_cached_segmenter,
+                          train_segmenter, device=device, progress=progress, with_part_masks=False)

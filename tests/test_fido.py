@@ -1,5 +1,7 @@
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -255,3 +257,56 @@ class TestBadInput:
             FIDO(RegionClassifier(), samplez=3)
         with pytest.raises(ValueError, match="kind"):
             self.fido().attribute(bright_images(1), kind="both")
+
+
+class TestSnapshots:
+    def test_snapshots_are_the_logits_of_a_shorter_fit(self):
+        x = bright_images(2, torch.float64)
+        model = TinyConvNet(dtype=torch.float64)
+        cfg = FIDOConfig(iterations=6, samples=2, mask_size=4)
+        res = FIDO(model, cfg).fit(x, [0, 1], seeds=[5, 6], snapshots=[3, 1, 6, np.int64(3)])
+        assert sorted(res.snapshots) == [1, 3, 6]
+        assert res.snapshots[3].shape == (2, 2, 4, 4) and not res.snapshots[3].requires_grad
+        # the warm-up ramp depends on the step, not on the total: a 3-step fit is the prefix
+        short = FIDO(model, dataclasses.replace(cfg, iterations=3)).fit(x, [0, 1], seeds=[5, 6])
+        assert torch.equal(res.snapshots[3], short.logits)
+        assert torch.equal(res.snapshots[6], res.logits)
+        assert not torch.equal(res.snapshots[1], res.snapshots[3])  # a copy, not a view of θ
+
+    def test_maps_at_matches_the_final_maps_and_a_shorter_fit(self):
+        x = bright_images(2)
+        model = TinyConvNet()
+        cfg = FIDOConfig(iterations=4, samples=2, mask_size=8)
+        res = FIDO(model, cfg).fit(x, seeds=[0, 1], snapshots=(2,))
+        end = res.maps_at(4)  # the end needs no snapshot
+        for k in ("ssr", "sdr", "joint"):
+            assert torch.equal(end[k], getattr(res, k)), k
+        short = FIDO(model, dataclasses.replace(cfg, iterations=2)).fit(x, seeds=[0, 1])
+        mid = res.maps_at(2)
+        assert mid["ssr"].shape == (2, 16, 16)
+        for k in ("ssr", "sdr", "joint"):
+            assert torch.equal(mid[k], getattr(short, k)), k
+        with pytest.raises(ValueError, match=r"iteration: expected one of the recorded iterations \[2, 4\]"):
+            res.maps_at(3)
+        with pytest.raises(TypeError, match="iteration"):
+            res.maps_at(2.0)
+
+    def test_default_is_empty_and_to_moves_snapshots(self):
+        x = bright_images(1)
+        res = FIDO(TinyConvNet(), FIDOConfig(iterations=2, samples=1)).fit(x, seeds=[0])
+        assert res.snapshots == {}
+        res = FIDO(TinyConvNet(), FIDOConfig(iterations=2, samples=1)).fit(x, seeds=[0], snapshots=[1])
+        moved = res.to(torch.float64)
+        assert moved.snapshots[1].dtype == torch.float64 and res.snapshots[1].dtype == torch.float32
+
+    def test_bad_snapshots(self):
+        f = FIDO(RegionClassifier(), FIDOConfig(iterations=3, samples=1))
+        x = bright_images(1)
+        with pytest.raises(ValueError, match=r"snapshots: expected iterations in \[1, 3\], got 0"):
+            f.fit(x, seeds=[0], snapshots=[0])
+        with pytest.raises(ValueError, match=r"snapshots: expected iterations in \[1, 3\], got 4"):
+            f.fit(x, seeds=[0], snapshots=[4])
+        with pytest.raises(TypeError, match="snapshots: expected a sequence of ints"):
+            f.fit(x, seeds=[0], snapshots=[1.5])
+        with pytest.raises(TypeError, match="snapshots: expected a sequence of ints"):
+            f.fit(x, seeds=[0], snapshots=2)

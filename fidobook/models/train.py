@@ -20,8 +20,7 @@ import json
 import math
 import os
 import time
-import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import (check_choice, check_positive_float, check_positive_int, check_tensor)
-from .._io import atomic_torch_save
+from .._io import load_cached, load_verified, restore_model, save_verified
 from .._state import restored_modes
 from .cnn import SmallCNN
 from .resnet import _STEMS, RESNETS, resnet
@@ -46,6 +45,8 @@ _OPTIMIZERS = ("adamw", "sgd")
 _SCHEDULES = ("onecycle", "cosine")
 # Bump when the checkpoint layout or the training procedure changes: old cache entries then miss.
 _FORMAT = 1
+# The metadata a checkpoint's digest covers.
+_META = ("format", "key", "config", "num_classes", "history")
 # Elements of the image tensor hashed at most; beyond this an even subsample is hashed.
 _FINGERPRINT_ELEMENTS = 1 << 25
 
@@ -153,11 +154,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config: expected fields among {sorted(names)}, got unknown {unknown}")
-        return cls(**d)
+        return _config_from_dict(cls, d)
+
+
+def _config_from_dict(cls, d: Mapping):
+    """``cls(**d)`` for a configuration dataclass; unknown fields are an error naming them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"config: expected fields among {sorted(names)}, got unknown {unknown}")
+    return cls(**d)
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -183,19 +189,28 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
 # Data: checks, conversion, fingerprint
 
 
+def _unpack_data(data, name: str, keys: tuple[tuple[str, ...], tuple[str, ...]], pair: str) -> tuple:
+    """The two parts of a data argument: a pair, or a mapping with (an alias of) each part's key.
+
+    ``keys`` lists the mapping keys each part is looked up under, in order, the first being the
+    documented one; ``pair`` names the parts in the error message, e.g. ``"(images, labels)"``.
+    """
+    if isinstance(data, Mapping):
+        parts = tuple(next((data[k] for k in aliases if k in data), None) for aliases in keys)
+        if any(p is None for p in parts):
+            raise ValueError(f"{name}: expected a mapping with '{keys[0][0]}' and '{keys[1][0]}', "
+                             f"got keys {sorted(data)}")
+        return parts
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return tuple(data)
+    raise TypeError(f"{name}: expected {pair} or a mapping with '{keys[0][0]}' and '{keys[1][0]}', "
+                    f"got {type(data).__name__}")
+
+
 def _as_data(data, name: str) -> tuple[Tensor, Tensor]:
     """``(images, labels)`` from a pair or a mapping; checks shapes, dtypes and ranges."""
-    if isinstance(data, Mapping):
-        images = data.get("images", data.get("image"))
-        labels = data.get("labels", data.get("label"))
-        if images is None or labels is None:
-            raise ValueError(f"{name}: expected a mapping with 'images' and 'labels', got keys "
-                             f"{sorted(data)}")
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        images, labels = data
-    else:
-        raise TypeError(f"{name}: expected (images, labels) or a mapping with 'images' and "
-                        f"'labels', got {type(data).__name__}")
+    images, labels = _unpack_data(data, name, (("images", "image"), ("labels", "label")),
+                                  "(images, labels)")
     _check_image_tensor(images, f"{name} images")
     check_tensor(labels, f"{name} labels")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
@@ -278,14 +293,21 @@ def cache_key(config: TrainConfig, train, test=None, *, fingerprint: str | None 
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    return _data_key({"format": _FORMAT, "config": config.to_dict()},
+                     lambda data, name: data_fingerprint(*_as_data(data, name)), train, test, fingerprint)
+
+
+def _data_key(fields: Mapping, fingerprint_of: Callable[[object, str], str], train, test,
+              fingerprint: str | None) -> str:
+    """SHA-256 of the JSON of ``fields`` plus ``"data"``: ``fingerprint`` if given, else
+    ``fingerprint_of(train, "train")`` (and ``"|" + fingerprint_of(test, "test")`` with a test set)."""
     if fingerprint is None:
-        fingerprint = data_fingerprint(*_as_data(train, "train"))
+        fingerprint = fingerprint_of(train, "train")
         if test is not None:
-            fingerprint += "|" + data_fingerprint(*_as_data(test, "test"))
+            fingerprint += "|" + fingerprint_of(test, "test")
     elif not isinstance(fingerprint, str):
         raise TypeError(f"fingerprint: expected a str, got {type(fingerprint).__name__}")
-    payload = json.dumps({"format": _FORMAT, "config": config.to_dict(), "data": fingerprint},
-                         sort_keys=True)
+    payload = json.dumps({**fields, "data": fingerprint}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -405,20 +427,6 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: in
 # Checkpoints
 
 
-def _digest(state: Mapping[str, Tensor], meta: Mapping) -> str:
-    """SHA-256 over the metadata and the names, dtypes, shapes and bytes of a state dict.
-
-    ``torch.load`` fails on a truncated file but not on every flipped byte inside tensor data or
-    the pickled history; this digest catches those.
-    """
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for k in sorted(state):
-        t = state[k].detach().contiguous().cpu()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: TrainConfig,
                     history: Mapping, *, key: str = "") -> None:
     """Writes a checkpoint atomically: state dict, config, history, a tensor digest, the cache key.
@@ -430,16 +438,14 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: TrainConf
         history (mapping): per-epoch lists of plain Python numbers.
         key (str, optional): cache key recorded for verification on load.
     """
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    meta = {
+    save_verified(path, model, {
         "format": _FORMAT,
         "key": key,
         "config": config.to_dict(),
         "num_classes": int(getattr(model, "num_classes")),
         "history": {k: [float(x) for x in v] if k != "epoch" else [int(x) for x in v]
                     for k, v in history.items()},
-    }
-    atomic_torch_save({**meta, "state_dict": state, "digest": _digest(state, meta)}, Path(path))
+    })
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -458,37 +464,10 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         FileNotFoundError: no such file.
         ValueError: the file is truncated, damaged, of another format, or for another key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path: expected an existing checkpoint file, got {str(path)!r}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to unpickle means a damaged file
-        raise ValueError(f"checkpoint {str(path)!r}: unreadable ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
-        got = f"format {obj.get('format')!r}" if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"checkpoint {str(path)!r}: expected a fidobook checkpoint of format "
-                         f"{_FORMAT}, got {got}")
-    if key is not None and obj.get("key") != key:
-        raise ValueError(f"checkpoint {str(path)!r}: expected cache key {key[:16]}..., got "
-                         f"{str(obj.get('key'))[:16]}...")
-    try:
-        state = obj["state_dict"]
-        meta = {k: obj[k] for k in ("format", "key", "config", "num_classes", "history")}
-        intact = _digest(state, meta) == obj.get("digest")
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise ValueError(f"checkpoint {str(path)!r}: incomplete ({type(e).__name__}: {e})") from e
-    if not intact:
-        raise ValueError(f"checkpoint {str(path)!r}: digest mismatch (damaged file)")
+    obj = load_verified(path, _META, format=_FORMAT, key=key)
     config = TrainConfig.from_dict(obj["config"])
-    device = torch.device(device)
-    with torch.random.fork_rng(devices=[]):  # initialisation is overwritten; keep the caller's RNG
-        model = build_model(config, obj["num_classes"])
-    model.load_state_dict(state, strict=True)
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.eval()
+    model = restore_model(lambda: build_model(config, obj["num_classes"]), obj["state_dict"], device,
+                          config.channels_last)
     return model, config, dict(obj["history"])
 
 
@@ -588,20 +567,26 @@ def _fit(config: TrainConfig, images: Tensor, labels: Tensor, test: tuple[Tensor
     return model, history
 
 
+def _check_image_size(image_size: int | None, images: Tensor, test: tuple[Tensor, Tensor] | None):
+    """Training (and test) images must be ``image_size`` px square (``config.image_size``; None: any)."""
+    if image_size is None:
+        return
+    for name, x in (("train", images),) + ((("test", test[0]),) if test else ()):
+        if tuple(x.shape[-2:]) != (image_size, image_size):
+            raise ValueError(f"{name} images: expected {image_size}x{image_size} px "
+                             f"(config.image_size), got {tuple(x.shape[-2:])}")
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose RNG work on ``device`` draws from (for ``torch.random.fork_rng``)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def checkpoint_path(cache_dir: str | os.PathLike, config: TrainConfig, key: str) -> Path:
     """Where the checkpoint of ``config`` with cache key ``key`` lives in ``cache_dir``."""
     return Path(cache_dir) / f"{config.arch}-{key[:24]}.pt"
-
-
-def _load_cached(path: Path, key: str, device) -> tuple[nn.Module, dict] | None:
-    if not path.exists():
-        return None
-    try:
-        model, _, history = load_checkpoint(path, device=device, key=key)
-        return model, history
-    except (ValueError, RuntimeError, KeyError, TypeError) as e:
-        warnings.warn(f"cache: ignoring damaged checkpoint ({e}); retraining", stacklevel=3)
-        return None
 
 
 def load_cached_classifier(config: TrainConfig, cache_dir: str | os.PathLike, fingerprint: str, *,
@@ -612,7 +597,8 @@ def load_cached_classifier(config: TrainConfig, cache_dir: str | os.PathLike, fi
     caller can skip loading the training set when the checkpoint is there.
     """
     key = cache_key(config, None, fingerprint=fingerprint)
-    return _load_cached(checkpoint_path(cache_dir, config, key), key, torch.device(device))
+    return load_cached(load_checkpoint, checkpoint_path(cache_dir, config, key), key,
+                       torch.device(device))
 
 
 def train_classifier(config: TrainConfig, train, test=None, *,
@@ -649,11 +635,7 @@ def train_classifier(config: TrainConfig, train, test=None, *,
         raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
     images, labels = _as_data(train, "train")
     test = _as_data(test, "test") if test is not None else None
-    if config.image_size is not None:
-        for name, x in (("train", images),) + ((("test", test[0]),) if test else ()):
-            if tuple(x.shape[-2:]) != (config.image_size, config.image_size):
-                raise ValueError(f"{name} images: expected {config.image_size}x{config.image_size} px "
-                                 f"(config.image_size), got {tuple(x.shape[-2:])}")
+    _check_image_size(config.image_size, images, test)
     max_label = int(labels.max()) if test is None else max(int(labels.max()), int(test[1].max()))
     num_classes = config.num_classes if config.num_classes is not None else max(max_label + 1, 2)
     if max_label >= num_classes:
@@ -662,22 +644,37 @@ def train_classifier(config: TrainConfig, train, test=None, *,
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool, got {progress!r}")
     device = torch.device(device)
+    # config.seed seeds initialisation and dropout; shuffling and augmentation use their own
+    # generator.
+    return _cached_fit(
+        config, cache_dir, device,
+        key=lambda: cache_key(config, (images, labels), test, fingerprint=fingerprint),
+        path_of=lambda key: checkpoint_path(cache_dir, config, key),
+        load=load_checkpoint, save=save_checkpoint,
+        fit=lambda: _fit(config, images, labels, test, num_classes, device, progress))
 
-    path = key = None
+
+def _cached_fit(config, cache_dir: str | os.PathLike | None, device: torch.device, *,
+                key: Callable[[], str], path_of: Callable[[str], Path], load: Callable,
+                save: Callable, fit: Callable[[], tuple[nn.Module, dict]],
+                what: str = "checkpoint") -> tuple[nn.Module, dict]:
+    """``fit()`` run under ``config.seed``, or its result from the checkpoint cache.
+
+    With a ``cache_dir``, the checkpoint ``path_of(key())`` is loaded with ``load(path, device=,
+    key=)`` if it is there and intact (a damaged one warns, naming ``what``, and is retrained);
+    a fresh result is stored with ``save(path, model, config, history, key=)``. ``fit`` runs in
+    a forked global (and CUDA) RNG seeded with ``config.seed``: the caller's RNG is restored.
+    """
+    path = None
     if cache_dir is not None:
-        key = cache_key(config, (images, labels), test, fingerprint=fingerprint)
-        path = checkpoint_path(cache_dir, config, key)
-        cached = _load_cached(path, key, device)
+        key_ = key()
+        path = path_of(key_)
+        cached = load_cached(load, path, key_, device, what, stacklevel=4)  # the trainer's caller
         if cached is not None:
             return cached
-
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        # Seeds initialisation and dropout (global RNG, restored on exit); shuffling and
-        # augmentation use their own generator.
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
         torch.manual_seed(config.seed)
-        model, history = _fit(config, images, labels, test, num_classes, device, progress)
+        model, history = fit()
     if path is not None:
-        save_checkpoint(path, model, config, history, key=key)
+        save(path, model, config, history, key=key_)
     return model, history

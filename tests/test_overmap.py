@@ -1,0 +1,353 @@
+import itertools
+import math
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fidobook.overmap import (REJECTION_RATES, accept_order, aurc, augrc, auroc, bootstrap, e_aurc,
+                              max_softmax, mc_dropout_probs, mc_dropout_scores, negative_entropy,
+                              overlap_iou, overlap_mass, rejection_table, risk_coverage,
+                              topk_correct)
+
+# Five predictions, already in order of confidence: right, wrong, right, right, wrong.
+CONF = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+OK = torch.tensor([True, False, True, True, False])
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+def _brute_force_curve(conf, ok):
+    """Mean risk curve over every input order, each stably sorted: the tie expectation."""
+    curves = []
+    for perm in itertools.permutations(range(len(conf))):
+        p = torch.tensor(perm)
+        order = torch.argsort(conf[p], descending=True, stable=True)
+        wrong = (~ok[p][order]).double()
+        curves.append(wrong.cumsum(0) / torch.arange(1, len(conf) + 1))
+    return torch.stack(curves).mean(0)
+
+
+class TestRiskCoverage:
+    def test_hand_computed(self):
+        coverage, risk = risk_coverage(CONF, OK)
+        torch.testing.assert_close(coverage, torch.tensor([0.2, 0.4, 0.6, 0.8, 1.0],
+                                                          dtype=torch.float64))
+        torch.testing.assert_close(risk, torch.tensor([0, 1 / 2, 1 / 3, 1 / 4, 2 / 5],
+                                                      dtype=torch.float64))
+
+    def test_areas_hand_computed(self):
+        # risks 0, 1/2, 1/3, 1/4, 2/5; perfect ranking (3 right first): 0, 0, 0, 1/4, 2/5
+        assert aurc(CONF, OK) == pytest.approx((1 / 2 + 1 / 3 + 1 / 4 + 2 / 5) / 5)
+        assert e_aurc(CONF, OK) == pytest.approx((1 / 2 + 1 / 3) / 5)
+        # errors accepted at k = 1..5: 0, 1, 1, 1, 2 -> generalized risks /5, mean over 5
+        assert augrc(CONF, OK) == pytest.approx(5 / 25)
+        assert auroc(CONF, OK) == pytest.approx(4 / 6)
+
+    def test_perfect_and_worst_rankings(self):
+        best = OK.double()
+        assert aurc(best, OK) == pytest.approx((1 / 4 + 2 / 5) / 5)
+        assert e_aurc(best, OK) == pytest.approx(0.0, abs=1e-15)
+        assert augrc(best, OK) == pytest.approx((1 + 2) / 25)
+        assert auroc(best, OK) == 1.0
+        worst = -best  # both errors first: risks 1, 1, 2/3, 2/4, 2/5
+        assert aurc(worst, OK) == pytest.approx((1 + 1 + 2 / 3 + 1 / 2 + 2 / 5) / 5)
+        assert augrc(worst, OK) == pytest.approx((1 + 2 + 2 + 2 + 2) / 25)
+        assert auroc(worst, OK) == 0.0
+
+    def test_all_right_and_all_wrong(self):
+        conf = torch.tensor([0.3, 0.1, 0.2, 0.9])
+        right, wrong = torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)
+        assert (aurc(conf, right), e_aurc(conf, right), augrc(conf, right)) == (0.0, 0.0, 0.0)
+        assert aurc(conf, wrong) == 1.0 and e_aurc(conf, wrong) == pytest.approx(0.0, abs=1e-15)
+        assert augrc(conf, wrong) == pytest.approx((1 + 2 + 3 + 4) / 16)
+        assert math.isnan(auroc(conf, wrong))
+
+    def test_ties_hand_computed(self):
+        # Blocks {0.9: right}, {0.5: right, wrong}, {0.1: wrong}. At k = 2 half of the tied
+        # block's error is expected: risks 0, 0.5/2, 1/3, 2/4 (mean of the two orders).
+        conf = torch.tensor([0.5, 0.9, 0.1, 0.5])
+        ok = torch.tensor([False, True, False, True])
+        _, risk = risk_coverage(conf, ok)
+        torch.testing.assert_close(risk, torch.tensor([0, 0.25, 1 / 3, 0.5], dtype=torch.float64))
+        assert aurc(conf, ok) == pytest.approx((0.25 + 1 / 3 + 0.5) / 4)
+        assert augrc(conf, ok) == pytest.approx((0 + 0.5 + 1 + 2) / 16)
+        assert auroc(conf, ok) == pytest.approx(3.5 / 4)
+
+    def test_ties_match_the_mean_over_orders(self):
+        conf = torch.tensor([0.2, 0.7, 0.2, 0.7, 0.2, 0.9])
+        ok = torch.tensor([True, False, False, True, True, False])
+        torch.testing.assert_close(risk_coverage(conf, ok)[1], _brute_force_curve(conf, ok))
+
+    def test_input_order_does_not_matter(self, gen):
+        conf = torch.randint(0, 5, (200,), generator=gen).float() / 4  # many ties
+        ok = torch.rand(200, generator=gen) < 0.7
+        perm = torch.randperm(200, generator=gen)
+        torch.testing.assert_close(risk_coverage(conf, ok)[1], risk_coverage(conf[perm], ok[perm])[1])
+        for f in (aurc, e_aurc, augrc, auroc):
+            assert f(conf, ok) == pytest.approx(f(conf[perm], ok[perm]), abs=1e-12)
+
+    def test_numpy_inputs_and_infinities(self):
+        # inf is the most confident, -inf the least: order 0, 1, 3, 4, 2 (right, wrong, right,
+        # wrong, right): risks 0, 1/2, 1/3, 2/4, 2/5
+        conf = np.array([np.inf, 0.8, -np.inf, 0.6, 0.5])
+        _, risk = risk_coverage(conf, OK.numpy())
+        torch.testing.assert_close(risk, torch.tensor([0, 1 / 2, 1 / 3, 2 / 4, 2 / 5],
+                                                      dtype=torch.float64))
+        value = aurc(CONF.numpy(), [bool(v) for v in OK])
+        assert isinstance(value, float) and value == aurc(CONF, OK)
+
+    def test_exact_perfect_aurc_is_near_the_integral_for_large_n(self, gen):
+        ok = torch.rand(20000, generator=gen) < 0.8
+        r = 1 - float(ok.double().mean())
+        exact = aurc(ok.double(), ok)
+        assert exact == pytest.approx(r + (1 - r) * math.log(1 - r), abs=1e-3)
+
+    def test_bad_inputs(self):
+        with pytest.raises(ValueError, match="correct"):
+            aurc(CONF, OK[:4])
+        with pytest.raises(ValueError, match="confidence.*NaN"):
+            aurc(torch.tensor([0.1, float("nan")]), torch.tensor([True, False]))
+        with pytest.raises(ValueError, match="confidence.*empty"):
+            risk_coverage(torch.tensor([]), torch.tensor([], dtype=torch.bool))
+        with pytest.raises(TypeError, match="correct.*booleans"):
+            e_aurc(CONF, OK.long())
+        with pytest.raises(ValueError, match="confidence.*1-D"):
+            augrc(CONF[None], OK)
+        with pytest.raises(TypeError, match="confidence"):
+            aurc("0.9", OK)
+
+
+class TestBootstrap:
+    def test_reproducible_and_batched_equals_loop(self, gen):
+        conf = torch.rand(60, generator=gen)
+        ok = torch.rand(60, generator=gen) < conf + 0.2
+        a = bootstrap(aurc, conf, ok, n_boot=200, generator=1)
+        b = bootstrap("aurc", conf, ok, n_boot=200, generator=torch.Generator().manual_seed(1))
+        loop = bootstrap(lambda c, k: aurc(c, k), conf, ok, n_boot=200, generator=1)
+        assert a == b
+        assert a == pytest.approx(loop, abs=1e-12)
+        for f in (e_aurc, augrc, auroc):  # every batched statistic equals its loop
+            batched = bootstrap(f, conf, ok, n_boot=50, generator=3)
+            looped = bootstrap(lambda c, k, f=f: f(c, k), conf, ok, n_boot=50, generator=3)
+            assert batched == pytest.approx(looped, abs=1e-12)
+        estimate, low, high = a
+        assert estimate == aurc(conf, ok) and low < estimate < high
+
+    def test_all_statistics_and_level(self, gen):
+        conf = torch.rand(80, generator=gen)
+        ok = torch.rand(80, generator=gen) < conf
+        for name in ("aurc", "e_aurc", "augrc", "auroc"):
+            _, lo90, hi90 = bootstrap(name, conf, ok, n_boot=300, generator=2, level=0.9)
+            _, lo99, hi99 = bootstrap(name, conf, ok, n_boot=300, generator=2, level=0.99)
+            assert lo99 <= lo90 <= hi90 <= hi99
+
+    def test_bad_inputs(self):
+        with pytest.raises(ValueError, match="statistic"):
+            bootstrap("accuracy", CONF, OK, generator=0)
+        with pytest.raises(ValueError, match="level"):
+            bootstrap(aurc, CONF, OK, generator=0, level=1.0)
+        with pytest.raises(TypeError, match="generator"):
+            bootstrap(aurc, CONF, OK, generator=None)
+        with pytest.raises(ValueError, match="n_boot"):
+            bootstrap(aurc, CONF, OK, generator=0, n_boot=0)
+
+
+# Six predictions over K = 4 classes (label −1: no known class). top-1 right: 0, 2, 3;
+# top-3 right: 0, 1, 2, 3. Groups: class 0 {0, 5}, class 1 {1, 2}, class 2 {3}, −1 {4}.
+TABLE_LOGITS = torch.tensor([[3.0, 2, 1, 0], [3, 2, 1, 0], [0, 3, 2, 1],
+                             [0, 1, 3, 2], [3, 2, 1, 0], [0, 3, 2, 1]])
+TABLE_LABELS = torch.tensor([0, 1, 1, 2, -1, 0])
+TABLE_CONF = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+
+
+class TestRejectionTable:
+    def test_topk_correct(self):
+        assert topk_correct(TABLE_LOGITS, TABLE_LABELS, 1).tolist() == [1, 0, 1, 1, 0, 0]
+        assert topk_correct(TABLE_LOGITS, TABLE_LABELS, 3).tolist() == [1, 1, 1, 1, 0, 0]
+        assert not topk_correct(TABLE_LOGITS, TABLE_LABELS, 4)[4]  # −1 is never right
+
+    def test_hand_computed(self):
+        rows = rejection_table(TABLE_CONF, TABLE_LOGITS, TABLE_LABELS, rates=(0, 0.2, 0.5, 1))
+        got = [[r["rejected"], r["kept"], r["top1_micro"], r["top1_macro"], r["top3_micro"],
+                r["top3_macro"]] for r in rows]
+        expected = [
+            [0, 1.0, 3 / 6, (1 / 2 + 1 / 2 + 1 + 0) / 4, 4 / 6, (1 / 2 + 1 + 1 + 0) / 4],
+            [1, 5 / 6, 3 / 5, (1 + 1 / 2 + 1 + 0) / 4, 4 / 5, (1 + 1 + 1 + 0) / 4],
+            [3, 0.5, 2 / 3, (1 + 1 / 2) / 2, 1.0, 1.0],  # classes 2 and −1 all rejected
+        ]
+        for g, e in zip(got, expected):
+            assert g == pytest.approx(e)
+        assert rows[0]["threshold"] == pytest.approx(0.4) and rows[2]["threshold"] == pytest.approx(0.7)
+        assert rows[3]["rejected"] == 6 and math.isnan(rows[3]["top1_micro"])
+        assert [r["rate"] for r in rejection_table(TABLE_CONF, TABLE_LOGITS, TABLE_LABELS)] == \
+            list(REJECTION_RATES)
+
+    def test_ties_reject_the_later_sample_first(self):
+        conf = torch.zeros(6)  # all tied: the first three inputs are kept
+        rows = rejection_table(conf, TABLE_LOGITS, TABLE_LABELS, rates=(0.5,))
+        assert rows[0]["top1_micro"] == pytest.approx(2 / 3)
+
+    def test_random_tie_breaking(self):
+        conf = torch.tensor([0.5, 0.9, 0.5, 0.5, 0.1, 0.5])
+        assert accept_order(conf).tolist() == [1, 0, 2, 3, 5, 4]
+        orders = {tuple(accept_order(conf, generator=g).tolist()) for g in range(30)}
+        assert len(orders) > 1  # the tied block comes in different orders
+        for order in orders:
+            assert order[0] == 1 and order[-1] == 4 and sorted(order[1:5]) == [0, 2, 3, 5]
+        assert accept_order(conf, generator=3).tolist() == accept_order(conf, generator=3).tolist()
+        ties = torch.zeros(6)
+        a = rejection_table(ties, TABLE_LOGITS, TABLE_LABELS, rates=(0.5,), generator=1)
+        b = rejection_table(ties, TABLE_LOGITS, TABLE_LABELS, rates=(0.5,),
+                            generator=torch.Generator().manual_seed(1))
+        assert a == b
+        with pytest.raises(TypeError, match="generator"):
+            accept_order(conf, generator="0")
+
+    def test_rounding_of_the_rejected_count(self):
+        rows = rejection_table(TABLE_CONF, TABLE_LOGITS, TABLE_LABELS, rates=(0.05, 0.1, 0.25))
+        assert [r["rejected"] for r in rows] == [0, 1, 2]  # 0.3 -> 0, 0.6 -> 1, 1.5 -> 2
+
+    def test_bad_inputs(self):
+        with pytest.raises(ValueError, match="rates"):
+            rejection_table(TABLE_CONF, TABLE_LOGITS, TABLE_LABELS, rates=(1.5,))
+        with pytest.raises(ValueError, match="logits"):
+            rejection_table(TABLE_CONF[:5], TABLE_LOGITS, TABLE_LABELS)
+        with pytest.raises(ValueError, match="labels"):
+            rejection_table(TABLE_CONF, TABLE_LOGITS, TABLE_LABELS - 1)
+        with pytest.raises(TypeError, match="labels"):
+            topk_correct(TABLE_LOGITS, TABLE_LABELS.float())
+        with pytest.raises(ValueError, match="k"):
+            topk_correct(TABLE_LOGITS, TABLE_LABELS, 5)
+
+
+class TestBaselines:
+    def test_softmax_and_entropy(self):
+        logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [math.log(3), 0.0, -1e4, -1e4]])
+        torch.testing.assert_close(max_softmax(logits), torch.tensor([0.25, 0.75]))
+        h2 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+        torch.testing.assert_close(negative_entropy(logits), torch.tensor([-math.log(4), -h2]))
+        with pytest.raises(ValueError, match="logits"):
+            max_softmax(torch.zeros(3))
+        with pytest.raises(ValueError, match="logits.*NaN"):
+            negative_entropy(torch.tensor([[0.0, float("nan")]]))
+
+    def test_mc_dropout_scores_hand_computed(self):
+        probs = torch.tensor([[[1.0, 0.0], [0.5, 0.5]],
+                              [[0.0, 1.0], [0.5, 0.5]]])  # T=2, N=2, K=2
+        s = mc_dropout_scores(probs)
+        torch.testing.assert_close(s["msp"], torch.tensor([0.5, 0.5]))
+        torch.testing.assert_close(s["negative_entropy"], torch.full((2,), -math.log(2)))
+        # disagreeing certain passes: all of it epistemic; agreeing passes: none
+        torch.testing.assert_close(s["negative_mutual_information"],
+                                   torch.tensor([-math.log(2), 0.0]))
+        with pytest.raises(ValueError, match="probs"):
+            mc_dropout_scores(probs[0])
+        with pytest.raises(ValueError, match="probs"):
+            mc_dropout_scores(probs * 2)
+
+
+def _dropout_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8, 3))
+
+
+class TestMCDropout:
+    def test_modes_state_and_global_rng_untouched(self, gen):
+        net = _dropout_net().train()
+        net[1].eval()  # a mixed state must come back mixed
+        modes = [m.training for m in net.modules()]
+        stats = net[1].running_mean.clone()
+        seen = []
+        hook = net[1].register_forward_hook(
+            lambda m, i, o: seen.append((m.training, net[5].training)))
+        images = torch.rand((5, 3, 8, 8), generator=gen)
+        rng = torch.get_rng_state()
+        try:
+            probs = mc_dropout_probs(net, images, 4, generator=gen, batch_size=2)
+        finally:
+            hook.remove()
+        assert probs.shape == (4, 5, 3)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(4, 5))
+        assert set(seen) == {(False, True)}  # batch norm in eval, dropout sampling
+        assert [m.training for m in net.modules()] == modes
+        assert torch.equal(net[1].running_mean, stats)
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert not torch.allclose(probs[0], probs[1])  # the passes differ
+
+    def test_reproducible_with_a_seed(self, gen):
+        net = _dropout_net().eval()
+        images = (torch.rand((3, 3, 8, 8), generator=gen) * 255).to(torch.uint8)
+        a = mc_dropout_probs(net, images, 3, generator=torch.Generator().manual_seed(5))
+        b = mc_dropout_probs(net, images, 3, generator=torch.Generator().manual_seed(5))
+        c = mc_dropout_probs(net, images, 3, generator=6)
+        assert torch.equal(a, b) and not torch.equal(a, c)
+        assert not net.training
+
+    def test_bad_inputs(self, gen):
+        net = _dropout_net()
+        images = torch.rand((2, 3, 8, 8), generator=gen)
+        with pytest.raises(ValueError, match="passes"):
+            mc_dropout_probs(net, images, 1, generator=0)
+        with pytest.raises(TypeError, match="generator"):
+            mc_dropout_probs(net, images, 2, generator=None)
+        with pytest.raises(ValueError, match="images"):
+            mc_dropout_probs(net, images * 2, 2, generator=0)
+        with pytest.raises(ValueError, match="dropout"):
+            mc_dropout_probs(nn.Sequential(nn.Flatten(), nn.Linear(192, 3)), images, 2, generator=0)
+
+
+class TestOverlap:
+    MAPS = torch.tensor([[[0.0, 0.2], [0.6, 1.0]],
+                         [[1.0, 1.0], [1.0, 1.0]]])  # (2, 2, 2)
+    SEG = torch.tensor([[[False, True], [True, False]],
+                        [[True, False], [False, False]]])
+
+    def test_mass_hand_computed_and_not_available(self):
+        torch.testing.assert_close(overlap_mass(self.MAPS, self.SEG),
+                                   torch.tensor([0.8 / 1.8, 0.25], dtype=torch.float64))
+        got = overlap_mass(self.MAPS, self.SEG, torch.tensor([True, False]))
+        torch.testing.assert_close(got, torch.tensor([0.8 / 1.8, 0.0], dtype=torch.float64))
+        zero = overlap_mass(torch.zeros(1, 2, 2), self.SEG[:1])
+        assert zero.tolist() == [0.0]
+
+    def test_iou_hand_computed(self):
+        # map 1: region >= 0.5 is {0.6, 1.0}; seg {0.2, 0.6}: 1 shared of 3 -> 1/3.
+        # map 2 is constant: an empty region -> 0.
+        torch.testing.assert_close(overlap_iou(self.MAPS, self.SEG),
+                                   torch.tensor([1 / 3, 0.0], dtype=torch.float64))
+        # scale does not matter after normalisation; without it, 0.2 falls below 0.5 anyway
+        torch.testing.assert_close(overlap_iou(10 * self.MAPS, self.SEG), overlap_iou(self.MAPS, self.SEG))
+        raw = overlap_iou(self.MAPS, self.SEG, normalize=False, threshold=0.1)
+        torch.testing.assert_close(raw, torch.tensor([2 / 3, 1 / 4], dtype=torch.float64))
+        assert overlap_iou(self.MAPS, self.SEG, available=torch.tensor([False, True]))[0] == 0
+
+    def test_mask_formats_and_segmentation_objects(self):
+        expected = overlap_mass(self.MAPS, self.SEG)
+        for seg in (self.SEG.to(torch.uint8) * 255, self.SEG.to(torch.uint8), self.SEG.long(),
+                    self.SEG.float() * 0.9, self.SEG[:, None]):
+            torch.testing.assert_close(overlap_mass(self.MAPS[:, None], seg), expected)
+        Segmentation = namedtuple("Segmentation", "masks available probs")
+        seg = Segmentation(self.SEG, torch.tensor([False, True]), None)
+        torch.testing.assert_close(overlap_mass(self.MAPS, seg),
+                                   torch.tensor([0.0, 0.25], dtype=torch.float64))
+
+    def test_bad_inputs(self):
+        with pytest.raises(ValueError, match="segmentations"):
+            overlap_mass(self.MAPS, self.SEG[:, :1])
+        with pytest.raises(ValueError, match="maps.*non-negative"):
+            overlap_iou(-self.MAPS, self.SEG)
+        with pytest.raises(ValueError, match="available"):
+            overlap_mass(self.MAPS, self.SEG, torch.tensor([1, 0]))
+        with pytest.raises(ValueError, match="threshold"):
+            overlap_iou(self.MAPS, self.SEG, threshold=1.5)
+        with pytest.raises(ValueError, match="segmentations.*range"):
+            overlap_mass(self.MAPS, self.SEG.float() * 2)
+        with pytest.raises(TypeError, match="maps"):
+            overlap_mass(self.SEG, self.SEG)
