@@ -102,8 +102,8 @@ def cmd_masks(args) -> int:
         seeds = [args.seed * 1_000_000 + int(i) for i in ids[s : s + args.batch]]
         res = fido.fit(x, y, seeds=seeds, progress=args.progress)
         atomic_torch_save({"image_ids": ids[s : s + args.batch].clone(), "targets": res.targets.cpu(),
-                      "logits": res.logits.cpu(), "ssr_prob": res.history["ssr_prob"][-1].cpu(),
-                      "sdr_prob": res.history["sdr_prob"][-1].cpu(), "seconds": res.seconds}, path)
+                           "logits": res.logits.cpu(), "ssr_prob": res.history["ssr_prob"][-1].cpu(),
+                           "sdr_prob": res.history["sdr_prob"][-1].cpu(), "seconds": res.seconds}, path)
         done += 1
         print(f"[rank {rank}] batch {b}: {len(seeds)} images in {res.seconds:.1f} s", flush=True)
     print(f"[rank {rank}] masks: {done} batches computed, {skipped} already there, in {out}")

@@ -31,6 +31,8 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from . import _checks
+from .infill import BLUR_SIGMA_AT_224
+from .metrics import _mask_boxes
 from .stats import bootstrap_indices, mcnemar_p, percentile_interval  # mcnemar_p: re-exported
 
 __all__ = ["SIGMA_AT_224", "PAD_AT_224", "MIN_SIZE_AT_224", "BLUR_AT_224", "default_settings",
@@ -43,7 +45,7 @@ __all__ = ["SIGMA_AT_224", "PAD_AT_224", "MIN_SIZE_AT_224", "BLUR_AT_224", "defa
 SIGMA_AT_224 = 3.0
 PAD_AT_224 = 10.0
 MIN_SIZE_AT_224 = 64.0
-BLUR_AT_224 = 10.0
+BLUR_AT_224 = BLUR_SIGMA_AT_224  # 10 px: the same blur as fidobook.infill's "blur"
 
 
 def default_settings(size: int) -> dict[str, float]:
@@ -178,16 +180,10 @@ def box_from_mask(masks: Tensor) -> Tensor:
         tensor([[2., 1., 5., 3.]])
     """
     masks = _masks(masks)
-    n, h, w = masks.shape
-    cols, rows = masks.any(1), masks.any(2)  # [N, W], [N, H]
-    # argmax of a 0/1 row finds its first 1; on the flipped row, its last.
-    x0 = cols.byte().argmax(1)
-    x1 = w - cols.flip(1).byte().argmax(1)
-    y0 = rows.byte().argmax(1)
-    y1 = h - rows.flip(1).byte().argmax(1)
-    boxes = torch.stack([x0, y0, x1, y1], 1).float()
+    h, w = masks.shape[-2:]
+    boxes, found = _mask_boxes(masks)
     full = torch.tensor([0.0, 0.0, float(w), float(h)], device=masks.device)
-    return torch.where(cols.any(1, keepdim=True), boxes, full)
+    return torch.where(found[:, None], boxes, full)
 
 
 def expand_boxes(boxes: Tensor, height: int, width: int, *, pad: float = 0.0,

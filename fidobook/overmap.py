@@ -134,20 +134,10 @@ def _as_labels(labels, n: int, num_classes: int, name: str = "labels") -> Tensor
 # Overlap scores
 # --------------------------------------------------------------------------------------------
 
-def _squeeze(x: Tensor, name: str) -> Tensor:
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3 or x.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty (N, H, W) or (N, 1, H, W) tensor, got "
-                         f"shape {tuple(x.shape)}")
-    return x
-
-
 def _as_masks(masks, name: str) -> Tensor:
     """``BoolTensor[N, H, W]`` from bool, integer (uint8 0/1 or 0/255: non-zero = in) or float
     in [0, 1] (>= 0.5 = in) masks, as in :mod:`fidobook.metrics`."""
-    _checks.check_tensor(masks, name)
-    m = _squeeze(masks, name)
+    m = _checks.squeeze_channel(_checks.check_tensor(masks, name), name, non_empty=True)
     if m.dtype == torch.bool:
         return m
     if m.is_floating_point():
@@ -167,7 +157,7 @@ def _overlap_inputs(maps, segmentations, available):
         available = segmentations.available  # a Segmentation (masks, available, probs)
     if hasattr(segmentations, "masks") and not isinstance(segmentations, Tensor):
         segmentations = segmentations.masks
-    maps = _squeeze(_checks.check_float(maps, "maps"), "maps")
+    maps = _checks.squeeze_channel(_checks.check_float(maps, "maps"), "maps", non_empty=True)
     _checks.check_finite(maps, "maps")
     if float(maps.min()) < 0:
         raise ValueError(f"maps: expected non-negative values (higher = more relevant), got a "

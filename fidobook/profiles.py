@@ -59,8 +59,7 @@ class Profile:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise TypeError(f"name: expected a non-empty str, got {self.name!r}")
-        for f in ("n_classes",):
-            check_positive_int(getattr(self, f), f, minimum=2)
+        check_positive_int(self.n_classes, "n_classes", minimum=2)
         for f in ("train_per_class", "test_per_class", "image_size", "fido_iterations",
                   "fido_samples", "n_explain", "mask_size"):
             check_positive_int(getattr(self, f), f)

@@ -64,11 +64,7 @@ def _check_fraction(value, name: str) -> float:
 
 def _check_maps(maps, name: str) -> Tensor:
     """``Tensor[N, H, W]`` (or ``[N, 1, H, W]``), float, finite, in [0, 1]."""
-    _checks.check_float(maps, name)
-    if maps.ndim == 4 and maps.shape[1] == 1:
-        maps = maps[:, 0]
-    if maps.ndim != 3 or maps.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty Tensor[N, H, W], got shape {tuple(maps.shape)}")
+    maps = _checks.squeeze_channel(_checks.check_float(maps, name), name, non_empty=True)
     _checks.check_finite(maps, name)
     lo, hi = float(maps.min()), float(maps.max())
     if lo < 0 or hi > 1:

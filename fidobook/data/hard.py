@@ -90,7 +90,10 @@ def novel_combinations(classes: Sequence[Mapping[str, int]]) -> np.ndarray:
         ndarray[M, 5] (int64): variant rows in ``PART_TYPES`` order, lexicographic; only
         variants that occur in some class are combined.
     """
-    table = _class_table(classes)
+    return _novel_rows(_class_table(classes))
+
+
+def _novel_rows(table: np.ndarray) -> np.ndarray:
     used = [np.unique(table[:, j]) for j in range(len(PART_TYPES))]
     grid = np.array(list(itertools.product(*used)), dtype=np.int64).reshape(-1, len(PART_TYPES))
     is_class = (grid[:, None, :] == table[None, :, :]).all(-1).any(1)  # [M', K] -> [M']
@@ -306,7 +309,7 @@ def make_hard_set(classes: Sequence[Mapping[str, int]], cases: Sequence[str] = H
     _checks.check_positive_int(seed, "seed", minimum=0)
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool, got {progress!r}")
-    novel = novel_combinations(classes) if "novel" in cases else None
+    novel = _novel_rows(table) if "novel" in cases else None
     if novel is not None and len(novel) == 0:
         raise ValueError("classes: expected a class table that leaves some combination of its "
                          "variants unused (for the 'novel' case), got one that uses them all")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_positive_float, check_positive_int, check_tensor
+from .._checks import check_positive_float, check_positive_int, check_tensor, squeeze_channel
 from .._io import load_cached, load_verified, restore_model, save_verified
 from .._state import restored_modes
 from .cnn import Normalize
@@ -181,12 +181,7 @@ def as_masks(masks, name: str = "masks") -> Tensor:
     Accepts bool, uint8 0/1 or 0/255 (non-zero = object), or float in [0, 1] (thresholded at 0.5),
     shaped ``(N, H, W)`` or ``(N, 1, H, W)``.
     """
-    check_tensor(masks, name)
-    if masks.ndim == 4 and masks.shape[1] == 1:
-        masks = masks[:, 0]
-    if masks.ndim != 3:
-        raise ValueError(f"{name}: expected Tensor[N, H, W] or Tensor[N, 1, H, W], got shape "
-                         f"{tuple(masks.shape)}")
+    masks = squeeze_channel(check_tensor(masks, name), name)
     if masks.dtype == torch.bool:
         return masks
     if masks.is_floating_point():
