@@ -25,8 +25,8 @@ The chapter side: :func:`chapter_setup` fixes threads, determinism and the seed;
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import contextlib
+import datetime as _dt
 import hashlib
 import json
 import os
@@ -114,6 +114,15 @@ def _resolve_device(device: str):
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def glue_number(name: str, value, digits: int | None = 3) -> None:
+    """Glues a number for the chapter's prose as a plain Python number (never a numpy or torch
+    scalar, whose repr would leak into the text); ``digits`` 0 or None glues an int."""
+    from myst_nb import glue
+
+    value = round(float(value), digits) if digits else int(round(float(value)))
+    glue(name, value, display=False)
 
 
 def static_explorer(images: Mapping[str, bytes], description: str = "", *,
