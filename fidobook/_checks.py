@@ -55,6 +55,34 @@ def check_images(images, name: str = "images", channels: int | None = None) -> T
     return images
 
 
+def model_dtype(model) -> torch.dtype | None:
+    """The dtype of a model's first floating-point parameter (or buffer); None if it has none."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def check_model_inputs(images, model, name: str = "images") -> Tensor:
+    """Checks images meant for ``model`` and returns them ready for it.
+
+    On top of :func:`check_images` (``Tensor[N, C, H, W]``, float, finite, in [0, 1]):
+
+    - ``C`` must equal ``model.in_channels`` when the model declares it (fidobook's models do);
+    - the dtype must equal the model's parameters' dtype (no silent cast: a float64 batch for a
+      float32 model is more likely a mistake than a wish; cast with ``images.float()``);
+    - images that require grad are **detached** (documented cast): every entry point
+      differentiates with respect to its own variables (masks, baselines), never the caller's
+      graph.
+    """
+    check_images(images, name, channels=getattr(model, "in_channels", None))
+    want = model_dtype(model)
+    if want is not None and images.dtype != want:
+        raise TypeError(f"{name}: expected dtype {want} (the model's parameters), got {images.dtype}; "
+                        f"cast the images (e.g. images.to({want})) or the model")
+    return images.detach() if images.requires_grad else images
+
+
 def check_targets(target, n: int, num_classes: int | None, name: str = "target",
                   device: torch.device | None = None) -> Tensor:
     """Normalises ``target`` (int, sequence, or LongTensor[N]) to ``LongTensor[n]``.

@@ -1,7 +1,14 @@
 """File I/O shared by the caches.
 
-* :func:`atomic_torch_save`: atomic file writes: a reader sees the old file or the complete new
-  one, never a partial one.
+* :func:`atomic_torch_save` / :func:`atomic_write_text`: atomic file writes: a reader sees the old
+  file or the complete new one, never a partial one; :func:`sweep_tmp` removes the temporary files
+  a killed writer left behind.
+* Verified records (mask batches, fit-cache chunks, hard sets, experiment results):
+  :func:`save_record` writes a dict with a digest of its whole content, :func:`load_record` reads
+  it back and raises :class:`DamagedFile` (naming the path and what is wrong) when the file is
+  truncated, altered, of another format or missing a field.
+* :func:`run_environment`: what makes two runs' floating-point results differ (device, dtype,
+  threads, versions), recorded by resumable writers so a resume never mixes them.
 * Verified model checkpoints (the classifier's :func:`fidobook.models.save_checkpoint` and the
   segmenter's :func:`fidobook.models.save_segmenter` are built on these):
   :func:`save_verified` writes ``{**meta, "state_dict": ..., "digest": ...}`` atomically,
@@ -16,7 +23,9 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,13 +42,27 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     On any error (an interrupt included) the temporary file is removed and the error re-raised,
     so an interrupted run never leaves a file that loads as valid.
     """
-    path = Path(path)
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` atomically, like :func:`atomic_torch_save`."""
+    data = text.encode("utf-8")
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def _tmp_prefix(path: Path) -> str:
+    # Host and pid in the name let sweep_tmp tell a dead writer's leftovers from a live one's.
+    return f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:  # owns fd from here on: closed on any error
             os.chmod(f.fileno(), 0o644)  # mkstemp makes 0600 files; a cache is fine to share read-only
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,6 +77,176 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but is not ours, or cannot tell: keep its files
+    return True
+
+
+def sweep_tmp(folder: str | os.PathLike, *, max_age: float = 24 * 3600.0) -> list[Path]:
+    """Removes the temporary files (``.*.tmp``) that killed writers left in ``folder``.
+
+    A file written by this host is removed when its writer's process no longer exists; a file
+    from another host (a shared file system) only when it is older than ``max_age`` seconds, so
+    a writer still running elsewhere is never disturbed. Not recursive.
+
+    Args:
+        folder (path): the folder to clean; a missing folder is fine.
+        max_age (float, optional): seconds after which any leftover is removed. Default: one day.
+
+    Returns:
+        list of Path: the files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host, now, removed = socket.gethostname(), time.time(), []
+    for f in folder.glob(".*.tmp"):
+        if not f.is_file():
+            continue
+        # ".{name}.{host}.{pid}.{random}.tmp" (names may contain dots: read pid and host from the end)
+        parts = f.name[:-len(".tmp")].split(".")
+        pid = int(parts[-2]) if len(parts) >= 4 and parts[-2].isdigit() else None
+        try:
+            age = now - f.stat().st_mtime
+        except OSError:
+            continue
+        if pid is None:  # an older writer's name, without host and pid: a minute is plenty
+            stale = age > 60
+        else:
+            stale = age > max_age or (parts[-3] == host and not _pid_alive(pid))
+        if stale:
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------
+# Verified records
+
+
+class DamagedFile(ValueError):
+    """A file the package wrote earlier that fails verification (the path is in the message).
+
+    Attributes:
+        path (Path): the damaged file.
+        reason (str): what is wrong (unreadable, digest mismatch, other format, missing field).
+    """
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{str(path)!r}: {reason}")
+
+
+def _feed(h, obj) -> None:
+    """Adds a canonical encoding of ``obj`` (nested dicts, lists, tensors, plain values) to ``h``."""
+    if isinstance(obj, Tensor):
+        t = obj.detach().contiguous().cpu()
+        h.update(f"T|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)}|".encode())
+        for k in sorted(obj, key=repr):
+            h.update(f"{k!r}=".encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}|".encode())
+        for v in obj:
+            _feed(h, v)
+    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        h.update(f"{type(obj).__name__}:{obj!r}|".encode())
+    else:
+        raise TypeError(f"record: cannot digest a value of type {type(obj).__name__}")
+
+
+def record_digest(obj) -> str:
+    """SHA-256 hex digest of a record: dicts (any key order), lists, tensors and plain values."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def save_record(record: Mapping, path: str | os.PathLike, *, format: str) -> None:
+    """Writes ``{**record, "format": format, "digest": ...}`` atomically to ``path``.
+
+    ``record`` holds CPU tensors and plain values only (it is read back with
+    ``weights_only=True``); the digest covers every entry, so :func:`load_record` detects a
+    flipped byte anywhere in it.
+    """
+    body = {**record, "format": format}
+    body = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in body.items()}
+    atomic_torch_save({**body, "digest": record_digest(body)}, path)
+
+
+def load_record(path: str | os.PathLike, *, format: str, fields: tuple[str, ...] = ()) -> dict:
+    """Reads a record written by :func:`save_record` and verifies it.
+
+    Args:
+        path (path): the file.
+        format (str): the expected ``"format"`` entry.
+        fields (tuple of str, optional): entries the caller needs; a missing one is damage.
+
+    Returns:
+        dict: the record, without its ``"digest"`` entry.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DamagedFile: unreadable, of another format, altered (digest mismatch) or incomplete.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means a damaged file
+        raise DamagedFile(path, f"unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise DamagedFile(path, f"expected a fidobook record, got {type(obj).__name__}")
+    if obj.get("format") != format:
+        raise DamagedFile(path, f"expected format {format!r}, got {obj.get('format')!r}")
+    digest = obj.pop("digest", None)
+    try:
+        intact = digest is not None and record_digest(obj) == digest
+    except TypeError as e:
+        raise DamagedFile(path, f"unexpected content ({e})") from e
+    if not intact:
+        raise DamagedFile(path, "digest mismatch (the file was altered or is incomplete)")
+    missing = [f for f in fields if f not in obj]
+    if missing:
+        raise DamagedFile(path, f"missing fields {missing}")
+    return obj
+
+
+def run_environment(device, dtype=torch.float32) -> dict:
+    """What makes floating-point results of two runs differ, as plain values.
+
+    ``{"device": "cpu" | "cuda:<name>", "dtype", "threads", "torch", "fidobook"}``: equal
+    records mean the same arithmetic (with deterministic kernels), so resumable writers store it
+    and refuse to add to results computed under another one.
+    """
+    from . import __version__
+
+    device = torch.device(device)
+    name = device.type
+    if device.type == "cuda":
+        name = f"cuda:{torch.cuda.get_device_name(device)}"
+    return {"device": name, "dtype": str(dtype).replace("torch.", ""),
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "torch": torch.__version__.split("+")[0], "fidobook": __version__}
+
+
+def environment_mismatch(recorded: Mapping, current: Mapping) -> str | None:
+    """A human sentence naming the fields where two :func:`run_environment` records differ."""
+    diffs = [f"{k} {recorded.get(k)!r} vs {current.get(k)!r} now"
+             for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
+    return "; ".join(diffs) or None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -133,6 +133,8 @@ class SmallCNN(nn.Module):
             raise ValueError(f"cbam_stages: expected stage numbers in {{1, 2, 3}}, got {cbam_stages}")
         self.num_classes = num_classes
         self.normalize = Normalize()
+        #: Input channels: the public entry points check images against it.
+        self.in_channels = 3
         # A stride-2 stem: a full-resolution layer costs ~4x a half-resolution one, and a variant
         # with a stride-1 stem was slower and less accurate on the 64 px birds (93.7 % vs 98.3 %).
         self.stem = _conv_bn_relu(3, width, stride=2)

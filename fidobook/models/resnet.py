@@ -65,6 +65,8 @@ class ResNet(nn.Module):
     def __init__(self, backbone: torchvision.models.ResNet, cbam: bool, dropout: float):
         super().__init__()
         self.normalize = Normalize()
+        #: Input channels: the public entry points check images against it.
+        self.in_channels = 3
         # Re-use torchvision's modules under their own names, so their state dicts load unchanged.
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             setattr(self, name, getattr(backbone, name))

@@ -81,6 +81,8 @@ class SegNet(nn.Module):
         check_positive_int(width, "width", minimum=2)
         check_positive_int(levels, "levels")
         self.width, self.levels = width, levels
+        #: Input channels: the public entry points check images against it.
+        self.in_channels = 3
         self.normalize = Normalize()
         half = width // 2
         self.stem = _block(3, half)
