@@ -8,12 +8,11 @@ PROFILE ?= auto
 # `make book CHAPTERS=01_concrete,02_fido FORCE=1`: only these chapters; execute even if up to date.
 CHAPTERS ?=
 FORCE ?=
-VENDOR := book/_vendor/vendor.json
 # Fixed thread count: CPU results then reproduce bit for bit (see PLATFORM notes in the README).
 export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED = 0
 
-.PHONY: setup chromium data train book chapters html check test clean
+.PHONY: setup vendor chromium data train book chapters html check test clean
 
 # The stamp depends on the dependency files, so editing them re-runs the install.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -26,7 +25,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@touch $@
 
 # MathJax 3 and the ipywidgets embed scripts, from the npm registry, for the offline HTML.
-$(VENDOR): | $(VENV)/.installed
+# Always asked: it returns at once when the vendored files match their recorded SHA-256, and
+# fetches them again when one is missing or damaged.
+vendor: $(VENV)/.installed
 	$(PY) -m fidobook.book vendor
 
 # Headless Chromium checks the built pages (make test); installed with apt when missing.
@@ -36,7 +37,7 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
 
-setup: $(VENV)/.installed $(VENDOR) chromium
+setup: $(VENV)/.installed vendor chromium
 
 data: setup
 	$(PY) -m fidobook.cli data --profile $(PROFILE) --cache-dir $(CACHE)

@@ -14,10 +14,12 @@ renders (``execute_notebooks: "off"``). Adding a chapter is one line in ``_toc.y
     python -m fidobook.book vendor                  # MathJax 3 + ipywidgets embed scripts from npm
 
 Each executed chapter gets a run record ``<chapter>.run.json`` beside it (profile, device, seed,
-wall time, versions, date and a hash of the source notebook, the package code and the
-parameters). A chapter is executed again only when that hash changes (or with ``force``); the
-reproducibility appendix renders the records (``run_records.md``, written by :func:`run` and
-:func:`build`).
+wall time, versions, date, a hash of the source notebook, the package code and the parameters,
+and the SHA-256 of the executed copy). A chapter is executed again when that hash changes (or
+with ``force``), and when its executed copy or its record is damaged: reuse verifies the copy's
+SHA-256 and reports what it re-executes. Records and copies are written atomically; partial
+copies left by a killed run are removed by the next one. The reproducibility appendix renders
+the records (``run_records.md``, written by :func:`run` and :func:`build`).
 
 The chapter side: :func:`chapter_setup` fixes threads, determinism and the seed;
 :func:`static_explorer` builds a slider that works without a kernel in the static book.
@@ -53,6 +55,7 @@ __all__ = [
     "run",
     "write_run_records_page",
     "vendor",
+    "vendor_problems",
     "build",
     "external_resources",
     "find_chromium",
@@ -113,7 +116,18 @@ def _resolve_device(device: str):
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} requested, but CUDA is not available on this "
+                             f"machine (torch.cuda.is_available() is False); use 'cpu' or 'auto'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} requested, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return resolved
 
 
 def glue_number(name: str, value, digits: int | None = 3) -> None:
@@ -272,6 +286,40 @@ def _versions() -> dict:
     return out
 
 
+def _read_record(path: Path) -> dict | None:
+    """A run record, or None (with a message) when it is missing or does not parse."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        _log(f"{path}: damaged run record ({type(e).__name__}: {e}); ignored")
+        return None
+    if not isinstance(record, dict):
+        _log(f"{path}: damaged run record (expected a JSON object); ignored")
+        return None
+    return record
+
+
+def _file_sha(path: Path) -> str:
+    return _sha(path.read_bytes())
+
+
+def _sweep_partials(out_dir: Path) -> None:
+    """Removes executed copies that a killed run left half-written (``.<name>.running-<pid>.ipynb``)."""
+    from ._io import _pid_alive
+
+    for p in out_dir.glob(".*.running-*.ipynb"):
+        pid = p.name[: -len(".ipynb")].rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            _log(f"removing a partial executed copy left by an interrupted run: {p}")
+            with contextlib.suppress(OSError):
+                p.unlink()
+    for p in out_dir.glob(".*.running.ipynb"):  # the name older versions used
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
 def _log(msg: str) -> None:
     print(f"[fidobook.book] {msg}", flush=True)
 
@@ -327,8 +375,12 @@ def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
     """
     import papermill as pm
 
+    from ._io import atomic_write_text, sweep_tmp
+
     root, out_dir = Path(root).resolve(), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    _sweep_partials(out_dir)
+    sweep_tmp(out_dir)
     names = chapters(root)
     if only:
         unknown = sorted(set(only) - set(names))
@@ -350,15 +402,19 @@ def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
             target = out_dir / f"{name}.ipynb"
             record_path = out_dir / f"{name}.run.json"
             hashes = chapter_hash(name, key, root)
-            if not force and target.is_file() and record_path.is_file():
-                old = json.loads(record_path.read_text())
-                if old.get("status") == "ok" and old.get("hash") == hashes["hash"]:
+            old = None if force else _read_record(record_path)
+            if old is not None and old.get("status") == "ok" and old.get("hash") == hashes["hash"]:
+                # Reuse only a copy whose bytes are those the record was written for.
+                if target.is_file() and old.get("executed_sha256") == _file_sha(target):
                     _log(f"[{i}/{len(names)}] {name}: up to date (hash {hashes['hash'][:12]}), skipped")
                     records.append(dict(old, status="up to date"))
                     continue
+                _log(f"[{i}/{len(names)}] {name}: executed copy {target} is "
+                     f"{'damaged (SHA-256 differs from its run record)' if target.is_file() else 'missing'}; "
+                     f"executing again")
             _log(f"[{i}/{len(names)}] {name}: executing with profile={profile} ({profile_resolved}), "
                  f"device={device} ({device_resolved}), seed={seed}")
-            partial = out_dir / f".{name}.running.ipynb"
+            partial = out_dir / f".{name}.running-{os.getpid()}.ipynb"
             t0 = time.perf_counter()
             status, error = "ok", None
             try:
@@ -383,6 +439,7 @@ def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
                 "hash": hashes["hash"], "hashes": hashes,
             }
             if status == "ok":
+                record["executed_sha256"] = _file_sha(partial)
                 partial.replace(target)
                 _log(f"[{i}/{len(names)}] {name}: done in {wall:.1f} s -> {target}")
             else:
@@ -392,7 +449,7 @@ def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
                 _log(f"[{i}/{len(names)}] {name}: FAILED after {wall:.1f} s: {error.splitlines()[0]}"
                      f" (executed copy with the error: {failed_copy})")
                 failed.append(name)
-            record_path.write_text(json.dumps(record, indent=2) + "\n")
+            atomic_write_text(json.dumps(record, indent=2) + "\n", record_path)
             records.append(record)
         write_run_records_page(out_dir, root=root)
         if failed:
@@ -416,9 +473,9 @@ def write_run_records_page(chapters_dir: str | os.PathLike = CHAPTERS_DIR, *,
     chapters_dir = Path(chapters_dir)
     records = []
     for name in chapters(root):
-        p = chapters_dir / f"{name}.run.json"
-        if p.is_file():
-            records.append(json.loads(p.read_text()))
+        record = _read_record(chapters_dir / f"{name}.run.json")
+        if record is not None:
+            records.append(record)
     out = ["<!-- generated by fidobook.book from the run records; do not edit -->\n"]
     if not records:
         out.append("No chapter has been executed yet.\n")
@@ -454,9 +511,10 @@ def write_run_records_page(chapters_dir: str | os.PathLike = CHAPTERS_DIR, *,
         out.append(_md_table(["field"] + [f"`{name}`" for name in PROFILES], rows))
     except Exception as exc:  # noqa: BLE001 - the page still renders without the profiles
         out.append(f"\n(The profiles could not be read: {type(exc).__name__}.)\n")
+    from ._io import atomic_write_text
+
     path = chapters_dir / _RECORDS_PAGE
-    chapters_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(out))
+    atomic_write_text("".join(out), path)
     return path
 
 
@@ -470,16 +528,21 @@ def vendor(dest: str | os.PathLike = VENDOR_DIR, *, force: bool = False) -> Path
     Runs ``npm pack`` for :data:`VENDOR_PACKAGES` and unpacks what the HTML needs into
     ``dest/vendor/`` (``mathjax/``, ``require.js``, ``html-manager/``); Sphinx copies
     ``dest`` into the built site's ``_static/`` (see ``_config.yml``). Skipped when
-    ``dest/vendor.json`` already lists the same packages.
+    ``dest/vendor.json`` lists the same packages and every vendored file still has the size and
+    SHA-256 recorded there (:func:`vendor_problems`); otherwise the damage is reported and the
+    files fetched again. The new copy is assembled beside ``dest`` and swapped in whole, so an
+    interrupted run never leaves a partial folder that looks complete.
 
     Returns:
         Path: ``dest``.
     """
     dest = Path(dest)
-    stamp = dest / "vendor.json"
-    if not force and stamp.is_file():
-        if json.loads(stamp.read_text()).get("packages") == list(VENDOR_PACKAGES):
+    if not force and (dest / "vendor.json").is_file():
+        problems = vendor_problems(dest)
+        if not problems:
             return dest
+        _log(f"vendored files in {dest} are damaged ({'; '.join(problems[:3])}"
+             f"{' ...' if len(problems) > 3 else ''}); fetching them again")
     npm = shutil.which("npm")
     if npm is None:
         raise RuntimeError("vendor: expected npm on PATH (the offline HTML needs MathJax and "
@@ -514,14 +577,49 @@ def vendor(dest: str | os.PathLike = VENDOR_DIR, *, force: bool = False) -> Path
                 shutil.copy2(lic, staging / pkg / "LICENSE")
         # Fetched at set-up time, never committed (the folder ignores itself).
         (tmp / "out" / ".gitignore").write_text("*\n")
+        files = {p.relative_to(tmp / "out").as_posix(): {"size": p.stat().st_size, "sha256": _file_sha(p)}
+                 for p in sorted((tmp / "out" / "vendor").rglob("*")) if p.is_file()}
         (tmp / "out" / "vendor.json").write_text(json.dumps(
-            {"packages": list(VENDOR_PACKAGES), "tarballs": sorted(unpacked)}, indent=2) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
+            {"packages": list(VENDOR_PACKAGES), "tarballs": sorted(unpacked), "files": files},
+            indent=2) + "\n")
+        # Copy beside dest, then swap: a killed run leaves either the old folder or the new one.
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(tmp / "out", dest)
+        incoming = dest.with_name(f"{dest.name}.incoming-{os.getpid()}")
+        old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
+        shutil.copytree(tmp / "out", incoming)
+        if dest.exists():
+            dest.replace(old)
+        incoming.replace(dest)
+        shutil.rmtree(old, ignore_errors=True)
     _log(f"vendored into {dest}")
     return dest
+
+
+def vendor_problems(dest: str | os.PathLike = VENDOR_DIR) -> list[str]:
+    """What is wrong with a vendored folder: an empty list when it is complete and intact.
+
+    Checks that ``vendor.json`` parses, lists :data:`VENDOR_PACKAGES`, and that every file it
+    records exists with the recorded size and SHA-256 (about 6 MB to hash: milliseconds).
+    """
+    dest = Path(dest)
+    stamp = dest / "vendor.json"
+    try:
+        meta = json.loads(stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return [f"{stamp}: unreadable ({type(e).__name__})"]
+    if not isinstance(meta, dict) or meta.get("packages") != list(VENDOR_PACKAGES):
+        return [f"{stamp}: lists other packages than {list(VENDOR_PACKAGES)}"]
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        return [f"{stamp}: no file digests (written by an older version)"]
+    problems = []
+    for rel, want in files.items():
+        p = dest / rel
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+        elif p.stat().st_size != want.get("size") or _file_sha(p) != want.get("sha256"):
+            problems.append(f"{p}: size or SHA-256 differs from {stamp.name}")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------

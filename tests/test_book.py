@@ -110,6 +110,130 @@ class TestStaticExplorer:
 
 
 # ------------------------------------------------------------------------------------------
+# Damaged or interrupted outputs of the pipeline (papermill replaced by a copy: no kernel)
+# ------------------------------------------------------------------------------------------
+
+def _mini_book(root: Path) -> Path:
+    """A repository with one chapter ``c1`` whose source is a clean parameterised notebook."""
+    (root / "notebooks").mkdir(parents=True)
+    (root / "fidobook").mkdir()
+    (root / "fidobook" / "x.py").write_text("# package code\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
+                                   "  - file: book/chapters/c1\n")
+    nb = {"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "outputs": [],
+                     "execution_count": None, "source": "profile = 'smoke'"}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (root / "notebooks" / "c1.ipynb").write_text(json.dumps(nb))
+    return root
+
+
+class TestDamagedOutputs:
+    @pytest.fixture()
+    def fake_papermill(self, monkeypatch):
+        pm = pytest.importorskip("papermill")
+        calls = []
+
+        def execute_notebook(source, target, **kwargs):
+            calls.append(Path(source).name)
+            Path(target).write_text(Path(source).read_text())
+
+        monkeypatch.setattr(pm, "execute_notebook", execute_notebook)
+        return calls
+
+    def _run(self, root):
+        return book.run("smoke", "cpu", 0, out_dir=root / "out", progress=False, root=root)
+
+    def test_intact_copy_is_reused(self, tmp_path, fake_papermill):
+        root = _mini_book(tmp_path)
+        self._run(root)
+        records = self._run(root)
+        assert fake_papermill == ["c1.ipynb"] and records[0]["status"] == "up to date"
+
+    @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+    def test_damaged_executed_copy_is_executed_again(self, tmp_path, fake_papermill, damage, capsys):
+        root = _mini_book(tmp_path)
+        self._run(root)
+        copy = root / "out" / "c1.ipynb"
+        data = copy.read_bytes()
+        if damage == "truncate":
+            copy.write_bytes(data[: len(data) // 2])
+        elif damage == "flip":
+            copy.write_bytes(data.replace(b"smoke", b"smokf"))
+        else:
+            copy.unlink()
+        records = self._run(root)
+        assert fake_papermill == ["c1.ipynb", "c1.ipynb"] and records[0]["status"] == "ok"
+        assert ("damaged" if damage != "delete" else "missing") in capsys.readouterr().out
+        assert copy.read_bytes() == data
+
+    def test_damaged_run_record_is_ignored_and_rewritten(self, tmp_path, fake_papermill, capsys):
+        root = _mini_book(tmp_path)
+        self._run(root)
+        record = root / "out" / "c1.run.json"
+        record.write_text('{"status": "ok", "hash"')
+        self._run(root)
+        assert len(fake_papermill) == 2 and "damaged run record" in capsys.readouterr().out
+        assert json.loads(record.read_text())["status"] == "ok"
+
+    def test_partial_copies_of_a_killed_run_are_removed(self, tmp_path, fake_papermill):
+        root = _mini_book(tmp_path)
+        out = root / "out"
+        out.mkdir()
+        dead = out / ".c1.running-999999999.ipynb"  # no such pid
+        older = out / ".c1.running.ipynb"
+        tmp = out / ".c1.run.json.somehost.999999999.abc.tmp"
+        for f in (dead, older, tmp):
+            f.write_text("{")
+        os.utime(tmp, (0, 0))  # a day old: removed whatever host wrote it
+        self._run(root)
+        assert not dead.exists() and not older.exists() and not tmp.exists()
+        assert sorted(p.name for p in out.iterdir()) == ["c1.ipynb", "c1.run.json", "run_records.md"]
+
+
+class TestVendorCheck:
+    def _vendored(self, dest: Path) -> Path:
+        (dest / "vendor").mkdir(parents=True)
+        f = dest / "vendor" / "require.js"
+        f.write_text("define();")
+        import hashlib
+        meta = {"packages": list(book.VENDOR_PACKAGES), "tarballs": [],
+                "files": {"vendor/require.js": {"size": f.stat().st_size,
+                                                "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}}}
+        (dest / "vendor.json").write_text(json.dumps(meta))
+        return f
+
+    def test_intact_folder_has_no_problems(self, tmp_path):
+        self._vendored(tmp_path)
+        assert book.vendor_problems(tmp_path) == []
+
+    @pytest.mark.parametrize("damage", ["edit", "delete", "stamp", "old-stamp"])
+    def test_damage_is_named(self, tmp_path, damage):
+        f = self._vendored(tmp_path)
+        stamp = tmp_path / "vendor.json"
+        if damage == "edit":
+            f.write_text("define();;")
+        elif damage == "delete":
+            f.unlink()
+        elif damage == "stamp":
+            stamp.write_text("{")
+        else:
+            stamp.write_text(json.dumps({"packages": list(book.VENDOR_PACKAGES)}))
+        problems = book.vendor_problems(tmp_path)
+        assert len(problems) == 1
+        assert ("require.js" if damage in ("edit", "delete") else "vendor.json") in problems[0]
+
+
+class TestDevice:
+    def test_cuda_without_a_gpu_is_a_clear_error(self, monkeypatch):
+        import torch
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            book.chapter_setup(device="cuda")
+        with pytest.raises(ValueError, match="expected 'auto', 'cpu'"):
+            book.chapter_setup(device="gpu0")
+
+
+# ------------------------------------------------------------------------------------------
 # The smoke run, nbval, the strict build, the browser
 # ------------------------------------------------------------------------------------------
 
