@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
+from fidobook._io import DamagedFile
 from fidobook.data import CUB, PART_NAMES, generate, load_tensors
 
 CUB_PARTS = ["back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg",
@@ -42,12 +44,16 @@ def _cub_files() -> dict[str, str]:
     return files
 
 
-def _write_cub(root: Path, overrides: dict[str, str | None] | None = None) -> Path:
+def _write_cub(root: Path, overrides: dict[str, str | bytes | None] | None = None) -> Path:
+    """Writes the folder; ``overrides`` replaces text files (None: left out; bytes: as they are)."""
     files = {**_cub_files(), **(overrides or {})}
     for rel, text in files.items():
         if text is not None:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
+            if isinstance(text, bytes):
+                (root / rel).write_bytes(text)
+            else:
+                (root / rel).write_text(text, encoding="utf-8")
     rng = np.random.default_rng(0)
     for line, (w, h) in zip(_cub_files()["images.txt"].splitlines(), SIZES):
         path = root / "images" / line.split()[1]
@@ -174,6 +180,21 @@ LINE_ERRORS = [
     ("parts/part_locs.txt", "1 1 0.0 0.0 0\n1 2 3.0 4.0 5\n", 2),
     ("parts/part_locs.txt", "1 99 0.0 0.0 0\n", 1),  # unknown part id
     ("parts/part_locs.txt", "1 1 0.0 0.0 0\n1 1 0.0 0.0 0\n", 2),  # repeated pair
+    # ids must be plain decimal integers that fit a LongTensor (int() takes all of these)
+    ("images.txt", "1 a.jpg\n-2 b.jpg\n", 2),
+    ("images.txt", "+1 a.jpg\n", 1),
+    ("images.txt", "1_0 a.jpg\n", 1),
+    ("images.txt", "\u0661 a.jpg\n", 1),  # ARABIC-INDIC DIGIT ONE
+    ("images.txt", "9223372036854775808 a.jpg\n", 1),  # 2**63
+    ("train_test_split.txt", "1 1 1\n", 1),  # a field too many
+    ("bounding_boxes.txt", "1 1_0 2.0 3.0 4.0\n", 1),
+    # repeated and unknown ids in every keyed table
+    ("classes.txt", "1 001.a\n1 002.b\n", 2),
+    ("parts/parts.txt", "1 back\n1 beak\n", 2),
+    ("image_class_labels.txt", "1 1\n1 1\n", 2),
+    ("train_test_split.txt", "1 1\n2 0\n9 1\n", 3),
+    ("bounding_boxes.txt", "1 1.0 2.0 3.0 4.0\n1 1.0 2.0 3.0 4.0\n", 2),
+    ("parts/part_locs.txt", "1 1 0.0 0.0 0\n9 1 0.0 0.0 0\n", 2),
 ]
 
 
@@ -187,6 +208,10 @@ class TestBadInput:
     def test_malformed_message(self, tmp_path):
         root = _write_cub(tmp_path / "cub", {"images.txt": "1 a.jpg\nfoo\n"})
         with pytest.raises(ValueError, match=r"images.txt line 2: expected '<image_id> <path>', got 'foo'"):
+            CUB(root)
+        root = _write_cub(tmp_path / "cub2", {"images.txt": "+1 a.jpg\n"})
+        with pytest.raises(ValueError, match=re.escape("got '+1 a.jpg' (<image_id> '+1': expected a "
+                                                       "non-negative integer)")):
             CUB(root)
 
     @pytest.mark.parametrize("rel", ["train_test_split.txt", "bounding_boxes.txt", "parts/part_locs.txt"])
@@ -212,9 +237,8 @@ class TestBadInput:
         assert len(CUB(fake_cub, "test")) == 2  # image 3 is a training image
 
     def test_missing_part_mask(self, synthetic, tmp_path):
-        import shutil
         root = Path(shutil.copytree(synthetic, tmp_path / "copy"))
-        victim = sorted((root / "part_masks").rglob("*.png"))[0]
+        victim = min((root / "part_masks").rglob("*.png"))
         victim.unlink()
         with pytest.raises(FileNotFoundError, match=re.escape(str(victim))):
             CUB(root, "all")
@@ -239,3 +263,199 @@ class TestBadInput:
             ds[2]
         with pytest.raises(TypeError, match="index"):
             ds[0.5]
+
+
+# --------------------------------------------------------------------------------------------
+# A data set is input from strangers: paths confined, text strictly UTF-8, images fully decoded.
+
+
+def _image_rel(line: int) -> str:
+    """The path listed on ``line`` (1-based) of the fake folder's images.txt."""
+    return _cub_files()["images.txt"].splitlines()[line - 1].split(None, 1)[1]
+
+
+def _with_image_entry(line: int, rel: str) -> dict[str, str]:
+    """images.txt with the path of ``line`` replaced by ``rel``."""
+    lines = _cub_files()["images.txt"].splitlines(keepends=True)
+    lines[line - 1] = f"{line} {rel}\n"
+    return {"images.txt": "".join(lines)}
+
+
+@pytest.fixture
+def no_image_reads(monkeypatch):
+    """Fails the test if the reader opens any image."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"an image was read: {args}")
+    monkeypatch.setattr("fidobook.data.cub.Image.open", refuse)
+
+
+class TestConfinedPaths:
+    @pytest.mark.parametrize("entry", ["../../../x.jpg", "001.a/../../../../x.jpg", "ABSOLUTE_OUTSIDE",
+                                       "ABSOLUTE_INSIDE", "C:\\x.jpg", "..\\..\\..\\x.jpg", "a\0b.jpg"])
+    def test_entry_outside_root_names_file_and_line(self, tmp_path, no_image_reads, entry):
+        root = tmp_path / "a" / "b" / "cub"
+        outside = tmp_path / "a" / "x.jpg"  # what ../../../x.jpg reaches from root/images
+        outside.parent.mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(outside)
+        entry = {"ABSOLUTE_OUTSIDE": str(outside),
+                 "ABSOLUTE_INSIDE": str(root / "images" / _image_rel(3))}.get(entry, entry)
+        _write_cub(root, _with_image_entry(3, entry))
+        message = re.escape(f"{root / 'images.txt'} line 3: expected a path inside")
+        with pytest.raises(ValueError, match=message):
+            CUB(root, "train")  # the bad entry is a test image: every entry is checked
+
+    @pytest.mark.parametrize("what", ["file", "folder"])
+    def test_link_out_of_root(self, tmp_path, no_image_reads, what):
+        root = _write_cub(tmp_path / "cub")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        Image.new("RGB", (8, 8)).save(elsewhere / "x.jpg")
+        victim = root / "images" / _image_rel(2)
+        if what == "file":
+            victim.unlink()
+            victim.symlink_to(elsewhere / "x.jpg")
+        else:  # the class folder of image 1 and 2 is a link
+            victim = victim.parent
+            for f in victim.iterdir():
+                f.rename(elsewhere / f.name)
+            victim.rmdir()
+            victim.symlink_to(elsewhere, target_is_directory=True)
+        line = 2 if what == "file" else 1
+        with pytest.raises(ValueError, match=re.escape(f"{root / 'images.txt'} line {line}:") + ".*a link to "
+                           + re.escape(str(elsewhere.resolve()))):
+            CUB(root, "all")
+
+    def test_links_inside_and_linked_folders_are_accepted(self, tmp_path, fake_cub):
+        reference = CUB(fake_cub, "all")[1]["image"]
+        # images/ on another disk, and an entry that links to another image inside it
+        root = _write_cub(tmp_path / "linked")
+        (root / "images").rename(tmp_path / "disk")
+        (root / "images").symlink_to(tmp_path / "disk", target_is_directory=True)
+        victim = root / "images" / _image_rel(2)
+        victim.unlink()
+        (fake_cub / "images" / _image_rel(2)).rename(root / "images" / "copy.jpg")
+        victim.symlink_to(Path("..") / "copy.jpg")
+        assert torch.equal(CUB(root, "all")[1]["image"], reference)
+
+    def test_text_file_linked_out_of_root(self, tmp_path, no_image_reads):
+        root = _write_cub(tmp_path / "cub")
+        secret = tmp_path / "secret"
+        secret.write_text("1 001.not_yours\n")
+        (root / "classes.txt").unlink()
+        (root / "classes.txt").symlink_to(secret)
+        with pytest.raises(ValueError, match=re.escape(f"{root / 'classes.txt'}: expected a file inside")):
+            CUB(root)
+
+    @pytest.mark.parametrize("folder", ["segmentations", "part_masks"])
+    def test_mask_link_out_of_root(self, synthetic, tmp_path, no_image_reads, folder):
+        root = Path(shutil.copytree(synthetic, tmp_path / "copy"))
+        line = 4
+        rel = (root / "images.txt").read_text().splitlines()[line - 1].split(None, 1)[1]
+        victim = root / folder / Path(rel).with_suffix(".png")
+        victim.unlink()
+        victim.symlink_to(synthetic / folder / Path(rel).with_suffix(".png"))
+        with pytest.raises(ValueError, match=re.escape(f"{root / 'images.txt'} line {line}:") + ".*"
+                           + re.escape(f"for {victim})")):
+            CUB(root, "test")
+        CUB(root, "all", with_segmentation=False, with_part_masks=False)  # images are fine
+
+
+@pytest.mark.parametrize("rel", ["images.txt", "image_class_labels.txt", "train_test_split.txt",
+                                 "bounding_boxes.txt", "classes.txt", "parts/parts.txt",
+                                 "parts/part_locs.txt"])
+class TestTextEncoding:
+    def test_latin1_byte_names_file_and_line(self, tmp_path, rel):
+        lines = _cub_files()[rel].encode("utf-8").splitlines(keepends=True)
+        lines[1] = lines[1].rstrip(b"\n") + b"\xe9\n"  # 'é' in latin-1, on line 2
+        root = _write_cub(tmp_path / "cub", {rel: b"".join(lines)})
+        with pytest.raises(ValueError, match=re.escape(f"{root / rel} line 2: expected UTF-8 text "
+                                                       "(the file must be UTF-8 encoded), got the byte 0xe9 "
+                                                       f"at column {len(lines[1]) - 1}")):
+            CUB(root)
+
+    def test_bom_and_crlf_are_accepted(self, tmp_path, fake_cub, rel):
+        text = _cub_files()[rel].replace("\n", "\r\n")
+        root = _write_cub(tmp_path / "cub", {rel: b"\xef\xbb\xbf" + text.encode("utf-8")})
+        ds, ref = CUB(root, "all"), CUB(fake_cub, "all")
+        assert ds.classes == ref.classes and ds.part_names == ref.part_names
+        assert torch.equal(ds.parts, ref.parts) and torch.equal(ds.boxes, ref.boxes)
+
+
+class TestDamagedImages:
+    @staticmethod
+    def _damage(path: Path, how: str) -> None:
+        data = path.read_bytes()
+        path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not an image at all",
+                          "empty": b""}[how])
+
+    @pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
+    def test_jpeg_names_file_and_line(self, fake_cub, how):
+        path = fake_cub / "images" / _image_rel(3)
+        self._damage(path, how)
+        ds = CUB(fake_cub, "all")  # opening does not decode images
+        message = re.escape(repr(str(path))) + r": expected an image that decodes.*" + \
+            re.escape(f"listed in {fake_cub / 'images.txt'} line 3")
+        with pytest.raises(DamagedFile, match=message) as info:
+            ds[2]
+        assert info.value.path == path and isinstance(info.value, ValueError)
+        with pytest.raises(DamagedFile, match=message):
+            load_tensors(fake_cub, "train", size=16)
+        assert ds[1]["image_id"] == 2  # the others still load
+
+    @pytest.mark.parametrize("folder", ["images", "segmentations", "part_masks"])
+    def test_png_names_file_and_line(self, synthetic, tmp_path, folder):
+        root = Path(shutil.copytree(synthetic, tmp_path / "copy"))
+        rel = (root / "images.txt").read_text().splitlines()[4].split(None, 1)[1]  # line 5
+        path = root / folder / Path(rel).with_suffix(".png")
+        self._damage(path, "truncated")
+        ds = CUB(root, "all")
+        with pytest.raises(DamagedFile, match=re.escape(repr(str(path))) + ".*"
+                           + re.escape(f"listed in {root / 'images.txt'} line 5")):
+            ds[4]
+
+    def test_load_truncated_images_flag_is_ignored_and_restored(self, fake_cub, monkeypatch):
+        # Another library may set PIL's global; the reader still refuses truncated images.
+        self._damage(fake_cub / "images" / _image_rel(1), "truncated")
+        monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+        with pytest.raises(DamagedFile, match="truncated"):
+            CUB(fake_cub, "all")[0]
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+        assert CUB(fake_cub, "all")[1]["image"].shape == (3, 48, 64)
+
+    def test_fidobook_never_sets_load_truncated_images(self):
+        import fidobook
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # after importing the package
+        # No module sets it (a source scan: importing every module would run the book's code).
+        # cub.py's reader switches it off while decoding and puts back what it found.
+        allowed = {"False", "_strict_saved"}
+        found = []
+        for path in Path(fidobook.__file__).parent.rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            found += [(path.name, v) for v in re.findall(r"LOAD_TRUNCATED_IMAGES\s*=(?!=)\s*([^\s#]+)", text)
+                      if v not in allowed or path.name != "cub.py"]
+            found += [(path.name, "setattr") for _ in re.findall(r"setattr\([^)]*LOAD_TRUNCATED", text)]
+        assert found == []
+
+    def test_decompression_bomb(self, fake_cub, monkeypatch):
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # image 1 has 2,000 pixels > 2 * 100
+        with pytest.raises(DamagedFile, match="DecompressionBombError"):
+            CUB(fake_cub, "all")[0]
+
+    def test_part_label_out_of_range(self, synthetic, tmp_path):
+        root = Path(shutil.copytree(synthetic, tmp_path / "copy"))
+        rel = (root / "images.txt").read_text().splitlines()[0].split(None, 1)[1]
+        path = root / "part_masks" / Path(rel).with_suffix(".png")
+        mask = np.asarray(Image.open(path)).copy()
+        mask[0, 0] = len(PART_NAMES)
+        Image.fromarray(mask).save(path)
+        with pytest.raises(DamagedFile, match=re.escape(repr(str(path))) + re.escape(
+                f": expected part labels in [0, {len(PART_NAMES) - 1}]")):
+            CUB(root, "all")[0]
+
+    def test_image_removed_after_opening(self, fake_cub):
+        ds = CUB(fake_cub, "all")
+        path = fake_cub / "images" / _image_rel(6)
+        path.unlink()
+        with pytest.raises(FileNotFoundError, match=re.escape(f"{path}: no such file (listed in "
+                                                              f"{fake_cub / 'images.txt'} line 6)")):
+            ds[5]

@@ -14,23 +14,48 @@ The format (Wah et al., 2011; ids are 1-based)::
                               values average several annotators)
     part_masks/<path>.png     optional, fidobook's own: a part label per pixel
 
-Every text file is checked when the data set is opened: a malformed line raises ``ValueError``
-naming the file and the line number, a missing file ``FileNotFoundError`` naming it, an image id
-unknown to ``images.txt`` (or missing, or repeated) an error naming the file (and the line).
+A data set is input from strangers. Every text file is checked when the data set is opened:
+
+- it must be UTF-8 (a leading byte-order mark is allowed); another encoding raises ``ValueError``
+  naming the file, the line and the column of the first bad byte;
+- a malformed line (wrong number of fields, an id that is not a plain decimal integer below
+  2**63, a flag other than 0/1, a number that is not finite) raises ``ValueError`` naming the file
+  and the line number; an image id unknown to ``images.txt`` (or missing, or repeated), an
+  unknown class or part id, or a repeated id is an error naming the file (and the line);
+- a missing file raises ``FileNotFoundError`` naming it;
+- paths are confined: a text file must not be a link out of the data set's folder, and every
+  path built from ``images.txt`` (the image, its segmentation, its part mask) must stay inside its
+  folder (``images/``, ``segmentations/``, ``part_masks/``): an absolute path, a ``..``
+  component or a link that resolves outside raises ``ValueError`` naming ``images.txt`` and the
+  line, before any image is read. The folders themselves may be links (a data set on another
+  disk); the entries may not leave them.
+
+Images, segmentations and part masks are decoded in full when an item is read, with PIL's
+``LOAD_TRUNCATED_IMAGES`` switched off whatever its global value: a truncated or undecodable file
+raises :class:`fidobook._io.DamagedFile` (a ``ValueError``) naming the file and the
+``images.txt`` line that lists it, never a bare PIL ``OSError``.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
-from pathlib import Path
-from typing import Callable
+import re
+import struct
+import threading
+import zlib
+from collections.abc import Callable
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
 from .. import _checks
+from .._io import DamagedFile
 
 __all__ = ["CUB", "load_tensors"]
 
@@ -38,31 +63,44 @@ _SPLITS = ("train", "test", "all")
 
 
 # --------------------------------------------------------------------------------------------
-# Parsing: one small converter per field type, one table reader for every file.
+# Parsing: one small converter per field type, one table reader for every file. A converter
+# raises ValueError(reason) on a bad field; the reader adds the file, the line and the field.
+
+_MAX_ID = 2**63 - 1  # ids end up in LongTensors
 
 
 def _int(s: str) -> int:
-    return int(s)
-
-
-def _flag(s: str) -> int:
+    # ASCII digits only: int() would also take "+1", "1_000" and other scripts' digits.
+    if not (s.isascii() and s.isdigit()):
+        raise ValueError("expected a non-negative integer")
     v = int(s)
-    if v not in (0, 1):
-        raise ValueError(s)
+    if v > _MAX_ID:
+        raise ValueError("expected an integer below 2**63")
     return v
 
 
+def _flag(s: str) -> int:
+    if not (s.isascii() and s.isdigit() and int(s) in (0, 1)):
+        raise ValueError("expected 0 or 1")
+    return int(s)
+
+
 def _float(s: str) -> float:
-    v = float(s)
+    try:
+        if not s.isascii() or "_" in s:
+            raise ValueError
+        v = float(s)
+    except ValueError:
+        raise ValueError("expected a number") from None
     if not math.isfinite(v):
-        raise ValueError(s)
+        raise ValueError("expected a finite number")
     return v
 
 
 def _nonneg(s: str) -> float:
     v = _float(s)
     if v < 0:
-        raise ValueError(s)
+        raise ValueError("expected a number >= 0")
     return v
 
 
@@ -70,7 +108,31 @@ def _text(s: str) -> str:
     return s
 
 
-def _read_table(path: Path, fields: str, types: tuple[Callable, ...], rest: bool = False):
+def _short(s: str, n: int = 80) -> str:
+    """``repr`` of a line for a message, cut to about ``n`` characters."""
+    return repr(s if len(s) <= n else s[:n] + "...")
+
+
+def _read_text(path: Path) -> str:
+    """The file decoded strictly as UTF-8 (a leading byte-order mark is dropped).
+
+    Raises:
+        ValueError: a byte sequence that is not UTF-8, naming the file, line and column.
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        head = data[:e.start].decode("utf-8")  # valid up to the bad byte
+        lines = head.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        raise ValueError(f"{path} line {len(lines)}: expected UTF-8 text (the file must be UTF-8 "
+                         f"encoded), got the byte 0x{data[e.start]:02x} at column {len(lines[-1]) + 1} "
+                         f"({e.reason})") from None
+    return text.removeprefix("\ufeff")
+
+
+def _read_table(path: Path, fields: str, types: tuple[Callable, ...], rest: bool = False,
+                within: str | None = None):
     """Parses a whitespace-separated table.
 
     Args:
@@ -78,27 +140,99 @@ def _read_table(path: Path, fields: str, types: tuple[Callable, ...], rest: bool
         fields: the expected line, for messages, e.g. ``"<image_id> <path>"``.
         types: one converter per field; a converter raises ``ValueError`` on a bad field.
         rest: the last field takes the rest of the line (names with spaces).
+        within: the resolved data set folder; the file must not be a link out of it.
 
     Returns:
         list of (line number, [values]); blank lines are skipped.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected CUB-200-2011's layout)")
+    if within is not None and not _is_inside(os.path.realpath(path), within):
+        raise ValueError(f"{path}: expected a file inside the data set's folder {within}, got a "
+                         f"link to {os.path.realpath(path)}")
+    names = fields.split()
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            s = line.strip()
-            if not s:
-                continue
-            items = s.split(None, len(types) - 1) if rest else s.split()
+    # Universal newlines, as text-mode open() reads them.
+    for n, line in enumerate(io.StringIO(_read_text(path), newline=None), start=1):
+        s = line.strip()
+        if not s:
+            continue
+        items = s.split(None, len(types) - 1) if rest else s.split()
+        if len(items) != len(types):
+            raise ValueError(f"{path} line {n}: expected '{fields}', got {_short(s)} "
+                             f"({len(items)} field(s), expected {len(types)})")
+        values = []
+        for name, t, v in zip(names, types, items):
             try:
-                if len(items) != len(types):
-                    raise ValueError(s)
-                values = [t(v) for t, v in zip(types, items)]
-            except ValueError:
-                raise ValueError(f"{path} line {n}: expected '{fields}', got {s!r}") from None
-            rows.append((n, values))
+                values.append(t(v))
+            except ValueError as e:
+                raise ValueError(f"{path} line {n}: expected '{fields}', got {_short(s)} "
+                                 f"({name} {_short(v, 30)}: {e})") from None
+        rows.append((n, values))
     return rows
+
+
+def _is_inside(real: str, base: str) -> bool:
+    """Whether the resolved path ``real`` lies strictly inside the resolved folder ``base``."""
+    real, base = os.path.normcase(real), os.path.normcase(base)
+    return real != base and real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+# Relative POSIX paths without backslashes, colons or NULs (every CUB entry).
+_PLAIN = re.compile(r"[^/\\:\0]+(?:/[^/\\:\0]+)*")
+
+
+def _entry_problem(rel: str) -> str | None:
+    """Why a path read from a file cannot name a file under the data set's folder, or None.
+
+    Rejected on either system's rules, so that a data set means the same everywhere: absolute
+    or drive paths, ``..`` components, NUL bytes and names that are no file name.
+    """
+    if _PLAIN.fullmatch(rel) and not {".", ".."} & set(rel.split("/")):
+        return None  # the common case, decided without building paths
+    if "\0" in rel:
+        return "a NUL byte"
+    posix, windows = PurePosixPath(rel), PureWindowsPath(rel)
+    if posix.anchor or windows.anchor:
+        return "an absolute path"
+    if ".." in windows.parts:  # PureWindowsPath splits on both / and \\
+        return "a path that climbs out with '..'"
+    if posix.name in ("", ".", ".."):
+        return "no file name"
+    return None
+
+
+class _Confined:
+    """Resolves paths listed in a file against one folder and rejects those that leave it
+    (directly, or through a link anywhere on the way). Directories are resolved once each, so
+    checking 11,788 CUB entries costs about one ``lstat`` per file."""
+
+    def __init__(self, base: Path):
+        self.base = os.path.realpath(base)
+        self._dirs: dict[str, str] = {}
+
+    def problem(self, rel: str) -> str | None:
+        """None if ``base / rel`` stays inside ``base``; else what is wrong."""
+        parent, name = os.path.split(rel)
+        real_dir = self._dirs.get(parent)
+        if real_dir is None:
+            real_dir = self._dirs[parent] = os.path.realpath(os.path.join(self.base, parent))
+        real = os.path.join(real_dir, name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if not _is_inside(real, self.base):
+            return f"a link to {real}"
+        return None
+
+
+def _check_entry(listing: Path, n: int, rel: str, path: Path, confined: _Confined,
+                 checked: str | None = None) -> None:
+    """Raises ``ValueError`` naming ``listing`` line ``n`` if ``rel`` (listed there; ``path`` is
+    the file it names, ``checked`` its path under ``confined.base``) leaves its folder."""
+    problem = _entry_problem(rel) or confined.problem(rel if checked is None else checked)
+    if problem is not None:
+        raise ValueError(f"{listing} line {n}: expected a path inside {confined.base}, got "
+                         f"{_short(rel)} ({problem}{'' if checked is None else f', for {path}'})")
 
 
 def _unique_ids(path: Path, rows, what: str) -> dict[int, tuple[int, list]]:
@@ -184,7 +318,11 @@ class CUB(Dataset):
 
     Raises:
         FileNotFoundError: ``root``, a text file or an image of the split is missing.
-        ValueError: a malformed line (the message names the file and line) or inconsistent ids.
+        ValueError: a text file that is not UTF-8, a malformed line or inconsistent ids, or a
+            path that leaves the data set's folder (the message names the file and line). Reading
+            an item raises ``DamagedFile`` (a ``ValueError``) for an image, segmentation or part
+            mask that does not decode or does not fit its image, naming it and its
+            ``images.txt`` line.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", size: int | None = None,
@@ -193,13 +331,20 @@ class CUB(Dataset):
         self.size = _check_size(size)
         self.split = split
         self.root = root = _find_root(root)
+        # Every file read must lie inside the data set (no link out of it, e.g. to ~/.ssh).
+        read = partial(_read_table, within=os.path.realpath(root))
 
         images_path = root / "images.txt"
-        image_rows = _read_table(images_path, "<image_id> <path>", (_int, _text), rest=True)
+        image_rows = read(images_path, "<image_id> <path>", (_int, _text), rest=True)
         images = _unique_ids(images_path, image_rows, "image id")
+        # Paths from the file are confined to images/ before anything else is read.
+        self._images_path = images_path
+        image_dir = _Confined(root / "images")
+        for n, (_, rel) in image_rows:
+            _check_entry(images_path, n, rel, root / "images" / rel, image_dir)
 
         classes_path = root / "classes.txt"
-        class_rows = _unique_ids(classes_path, _read_table(
+        class_rows = _unique_ids(classes_path, read(
             classes_path, "<class_id> <class_name>", (_int, _text), rest=True), "class id")
         class_ids = sorted(class_rows)
         label_of = {cid: i for i, cid in enumerate(class_ids)}  # 1..K -> 0..K-1 (any ids work)
@@ -207,23 +352,23 @@ class CUB(Dataset):
         self.num_classes = len(self.classes)
 
         labels_path = root / "image_class_labels.txt"
-        label_rows = _read_table(labels_path, "<image_id> <class_id>", (_int, _int))
+        label_rows = read(labels_path, "<image_id> <class_id>", (_int, _int))
         for n, (_, cid) in label_rows:
             if cid not in label_of:
                 raise ValueError(f"{labels_path} line {n}: class id {cid} is not in {classes_path}")
         labels = _per_image(labels_path, label_rows, images, images_path)
 
         split_path = root / "train_test_split.txt"
-        is_train = _per_image(split_path, _read_table(
+        is_train = _per_image(split_path, read(
             split_path, "<image_id> <is_training_image 0/1>", (_int, _flag)), images, images_path)
 
         boxes_path = root / "bounding_boxes.txt"
-        boxes = _per_image(boxes_path, _read_table(
+        boxes = _per_image(boxes_path, read(
             boxes_path, "<image_id> <x> <y> <width> <height>", (_int, _float, _float, _nonneg, _nonneg)),
             images, images_path)
 
         parts_path = root / "parts" / "parts.txt"
-        part_rows = _unique_ids(parts_path, _read_table(
+        part_rows = _unique_ids(parts_path, read(
             parts_path, "<part_id> <part_name>", (_int, _text), rest=True), "part id")
         part_ids = sorted(part_rows)
         part_index = {pid: i for i, pid in enumerate(part_ids)}
@@ -233,7 +378,7 @@ class CUB(Dataset):
         locs = np.zeros((len(images), len(part_ids), 3), np.float32)
         seen = np.zeros((len(images), len(part_ids)), bool)
         row_of = {iid: r for r, iid in enumerate(images)}
-        for n, (iid, pid, x, y, vis) in _read_table(
+        for n, (iid, pid, x, y, vis) in read(
                 locs_path, "<image_id> <part_id> <x> <y> <visible 0/1>", (_int, _int, _float, _float, _flag)):
             if iid not in row_of:
                 raise ValueError(f"{locs_path} line {n}: image id {iid} is not in {images_path}")
@@ -257,6 +402,8 @@ class CUB(Dataset):
         self.boxes = torch.tensor([boxes[i] for i in keep], dtype=torch.float32).reshape(-1, 4)
         self.parts = torch.from_numpy(locs[[row_of[i] for i in keep]])  # [N, P, 3]
         self._rel = [images[i][1][1] for i in keep]
+        self._line = [images[i][0] for i in keep]  # of images.txt, for messages
+        self._max_part_label = max(part_ids, default=0)
 
         seg_dir = next((d for d in (root / "segmentations", root.parent / "segmentations")
                         if d.is_dir()), None)
@@ -264,12 +411,20 @@ class CUB(Dataset):
         self.has_part_masks = bool(with_part_masks and (root / "part_masks").is_dir())
         self._seg_dir, self._mask_dir = seg_dir, root / "part_masks"
 
+        # The masks' paths are built from images.txt too: confined to their folders likewise.
+        for folder, has in ((seg_dir, self.has_segmentation), (self._mask_dir, self.has_part_masks)):
+            if has:
+                confined = _Confined(folder)
+                for n, (_, rel) in image_rows:
+                    mask_rel = str(PurePosixPath(rel).with_suffix(".png"))
+                    _check_entry(images_path, n, rel, folder / mask_rel, confined, mask_rel)
+
         # Missing files fail now, naming the file and the images.txt line that lists it.
-        for iid, rel in zip(keep, self._rel):
+        for n, rel in zip(self._line, self._rel):
             for path in self._paths(rel):
                 if not path.is_file():
                     raise FileNotFoundError(f"{path}: no such file (listed in {images_path} "
-                                            f"line {images[iid][0]})")
+                                            f"line {n})")
 
     def _paths(self, rel: str) -> list[Path]:
         paths = [self.root / "images" / rel]
@@ -291,8 +446,8 @@ class CUB(Dataset):
         """The item as numpy arrays: uint8 image [H, W, 3], uint8 segmentation [H, W] and part
         mask [H, W] (when present), and box / parts scaled to the returned size."""
         paths = self._paths(self._rel[index])
-        with Image.open(paths[0]) as im:
-            image = im.convert("RGB")  # real CUB has a few grey-scale JPEGs
+        source = f"listed in {self._images_path} line {self._line[index]}"
+        image = _decode(paths[0], source, _to_rgb)  # real CUB has a few grey-scale JPEGs
         W, H = image.size
         size = self.size
         out = {}
@@ -300,19 +455,23 @@ class CUB(Dataset):
             image = image.resize((size, size), Image.BILINEAR)
         out["image"] = np.asarray(image)
         k = 1
-        for key, has, mode, resample in (("segmentation", self.has_segmentation, "L", Image.BILINEAR),
-                                         ("part_mask", self.has_part_masks, None, Image.NEAREST)):
+        for key, has, convert, resample in (
+                ("segmentation", self.has_segmentation, _to_l, Image.BILINEAR),
+                ("part_mask", self.has_part_masks, _to_labels, Image.NEAREST)):
             if not has:
                 continue
-            with Image.open(paths[k]) as im:
-                # Part masks hold labels: only L / P pass through as they are.
-                m = im.convert("L") if mode == "L" or im.mode not in ("L", "P") else im.copy()
+            m = _decode(paths[k], source, convert)
             if m.size != (W, H):
-                raise ValueError(f"{paths[k]}: expected the size of its image {paths[0]} "
-                                 f"({W}x{H}), got {m.size[0]}x{m.size[1]}")
+                raise DamagedFile(paths[k], f"expected the size of its image {paths[0]} ({W}x{H}), "
+                                            f"got {m.size[0]}x{m.size[1]} ({source})")
+            a = np.asarray(m)
+            if key == "part_mask" and a.size and int(a.max()) > self._max_part_label:
+                raise DamagedFile(paths[k], f"expected part labels in [0, {self._max_part_label}] "
+                                            f"(0 or a part id of parts/parts.txt), got {int(a.max())} "
+                                            f"({source})")
             if size is not None and (W, H) != (size, size):
-                m = m.resize((size, size), resample)
-            out[key] = np.asarray(m)
+                a = np.asarray(m.resize((size, size), resample))
+            out[key] = a
             k += 1
         sx, sy = (1.0, 1.0) if size is None else (size / W, size / H)
         out["box"] = self.boxes[index] * torch.tensor([sx, sy, sx, sy])
@@ -396,6 +555,74 @@ class CUB(Dataset):
         if masks is not None:
             out["part_masks"] = torch.from_numpy(masks)
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# Images: decoded fully and strictly, whatever PIL's global settings say.
+
+# What PIL raises on a damaged or hostile file (a bad PNG chunk is a SyntaxError; a decompression
+# bomb, an image claiming over 2 * Image.MAX_IMAGE_PIXELS pixels, a DecompressionBombError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
+                  Image.DecompressionBombError)
+
+_strict_lock = threading.Lock()
+_strict_depth = 0
+_strict_saved = False
+
+
+@contextmanager
+def _strict_pil():
+    """Turns off ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` while the body runs, then restores it.
+
+    Another library (or a user) may have set that global, with which a truncated JPEG or PNG
+    loads silently, its missing rows grey. fidobook never sets it; its readers switch it off
+    (the depth count lets threads read at once and restores the value the last one out found).
+    """
+    global _strict_depth, _strict_saved
+    with _strict_lock:
+        if _strict_depth == 0:
+            _strict_saved = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _strict_depth += 1
+    try:
+        yield
+    finally:
+        with _strict_lock:
+            _strict_depth -= 1
+            if _strict_depth == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _strict_saved
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    return im.convert("RGB")
+
+
+def _to_l(im: Image.Image) -> Image.Image:
+    return im.convert("L")
+
+
+def _to_labels(im: Image.Image) -> Image.Image:
+    # Part masks hold labels: only L / P pass through as they are.
+    return im.copy() if im.mode in ("L", "P") else im.convert("L")
+
+
+def _decode(path: Path, source: str, convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """``convert(image)`` of the image file at ``path``, decoded in full (``convert`` must load
+    the pixels, as ``convert`` and ``copy`` do).
+
+    Raises:
+        FileNotFoundError: the file is gone; DamagedFile (a ValueError): it does not decode
+        (truncated, corrupt, not an image, a decompression bomb); both name ``path`` and
+        ``source``, where it is listed.
+    """
+    try:
+        with _strict_pil(), Image.open(path) as im:
+            return convert(im)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file ({source})") from None
+    except _DECODE_ERRORS as e:
+        raise DamagedFile(path, f"expected an image that decodes, got {type(e).__name__}: {e} "
+                                f"({source})") from e
 
 
 def _strip_number(name: str) -> str:
