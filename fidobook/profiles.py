@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import check_positive_int
+from .experiments.specs import (SPECS, BirdsSpec, CDvsSCDSpec, ConcreteSpec, EnhanceSpec, MethodsSpec,
+                                OneBirdSpec, OverMAPSpec)
 from .models.segnet import SegConfig
 from .models.train import TrainConfig
 
@@ -41,6 +43,11 @@ class Profile:
         mask_size (int): h = w of the low-resolution FIDO mask (upsampled to the image).
         segmenter (SegConfig): the object segmenter Over-MAP uses (trained and cached by
             :func:`fidobook.workflow.prepare_segmenter`). Default: ``SegConfig()``.
+        max_batch (int or None): the most model inputs in one forward pass of FIDO and of the
+            faithfulness curves (a memory bound: it changes speed, never results, and is part of
+            no cache key). None: all rows of a step at once.
+        concrete, one_bird, birds, cd_vs_scd, enhance, overmap, methods: the specs of the
+            chapters' experiments (:mod:`fidobook.experiments.specs`): every size a chapter uses.
     """
 
     name: str
@@ -55,6 +62,14 @@ class Profile:
     mask_size: int
     data_seed: int = 0
     segmenter: SegConfig = SegConfig()
+    max_batch: int | None = None
+    concrete: ConcreteSpec = ConcreteSpec()
+    one_bird: OneBirdSpec = OneBirdSpec()
+    birds: BirdsSpec = BirdsSpec()
+    cd_vs_scd: CDvsSCDSpec = CDvsSCDSpec()
+    enhance: EnhanceSpec = EnhanceSpec()
+    overmap: OverMAPSpec = OverMAPSpec()
+    methods: MethodsSpec = MethodsSpec()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -71,6 +86,16 @@ class Profile:
         if self.mask_size > self.image_size:
             raise ValueError(f"mask_size: expected at most image_size={self.image_size}, "
                              f"got {self.mask_size}")
+        if self.max_batch is not None:
+            check_positive_int(self.max_batch, "max_batch")
+        for name, cls in SPECS.items():
+            spec = getattr(self, name)
+            if not isinstance(spec, cls):
+                raise TypeError(f"{name}: expected a {cls.__name__}, got {type(spec).__name__}")
+            mask = getattr(spec, "mask_size", None)
+            if mask is not None and mask > self.image_size:
+                raise ValueError(f"{name}.mask_size: expected at most image_size={self.image_size}, "
+                                 f"got {mask}")
 
     def birds_kwargs(self) -> dict:
         """Keyword arguments for :func:`fidobook.data.birds.generate` (all but ``root``)."""
@@ -96,6 +121,18 @@ PROFILES: dict[str, Profile] = {
                                image_size=48),
         fido_iterations=20, fido_samples=4, n_explain=4, mask_size=12,
         segmenter=SegConfig(width=8, levels=2, epochs=4, batch_size=16, lr=1e-2, image_size=48),
+        max_batch=256,
+        concrete=ConcreteSpec(mc=20_000, replicates=400, hist=20_000),
+        one_bird=OneBirdSpec(iterations=20, samples=4, mask_size=12),
+        cd_vs_scd=CDvsSCDSpec(n_images=6, iterations=8, snapshots=(4,), samples=(1, 2, 4),
+                              mask_size=12, chunk=6, steps=4, resamples=1000),
+        enhance=EnhanceSpec(n_test=8, n_small=8, iterations=8, samples=2, mask_size=12, chunk=16,
+                            resamples=1000),
+        overmap=OverMAPSpec(per_case=6, n_fido=7, fido_iterations=20, fido_samples=2,
+                            mask_size=12, mc_passes=4, n_boot=200, batch=64),
+        methods=MethodsSpec(n_images=6, fido_iterations=8, fido_snapshots=(4,), fido_s_max=4,
+                            fido_chunk=6, mask_size=12, batch=6, ig_steps=8, smooth_samples=4,
+                            steps=8, resamples=1000),
     ),
     "cpu": Profile(
         name="cpu", n_classes=50, train_per_class=200, test_per_class=20, image_size=64,
@@ -103,6 +140,19 @@ PROFILES: dict[str, Profile] = {
                                image_size=64),
         fido_iterations=150, fido_samples=8, n_explain=32, mask_size=16,
         segmenter=SegConfig(width=16, levels=3, epochs=3, batch_size=64, lr=3e-3, image_size=64),
+        max_batch=256,
+        concrete=ConcreteSpec(mc=1_000_000, replicates=10_000, hist=200_000),
+        one_bird=OneBirdSpec(iterations=150, samples=8, mask_size=16),
+        cd_vs_scd=CDvsSCDSpec(n_images=100, iterations=20, snapshots=(5, 10),
+                              samples=(1, 2, 4, 8, 16), mask_size=16, chunk=25, steps=16,
+                              resamples=2000),
+        enhance=EnhanceSpec(n_test=200, n_small=100, iterations=30, samples=4, mask_size=16,
+                            chunk=50, resamples=2000),
+        overmap=OverMAPSpec(per_case=100, n_fido=42, fido_iterations=100, fido_samples=2,
+                            mask_size=16, mc_passes=10, n_boot=1000, batch=128),
+        methods=MethodsSpec(n_images=100, fido_iterations=20, fido_snapshots=(5, 10),
+                            fido_s_max=16, fido_chunk=25, mask_size=16, batch=25, ig_steps=32,
+                            smooth_samples=16, steps=16, resamples=2000),
     ),
     "gpu": Profile(
         name="gpu", n_classes=100, train_per_class=300, test_per_class=50, image_size=224,
@@ -111,6 +161,19 @@ PROFILES: dict[str, Profile] = {
                                image_size=224),
         fido_iterations=300, fido_samples=16, n_explain=200, mask_size=56,
         segmenter=SegConfig(width=32, levels=4, epochs=8, batch_size=64, lr=2e-3, image_size=224),
+        max_batch=512,
+        concrete=ConcreteSpec(mc=10_000_000, replicates=50_000, hist=1_000_000),
+        one_bird=OneBirdSpec(iterations=300, samples=16, mask_size=56),
+        cd_vs_scd=CDvsSCDSpec(n_images=200, iterations=300, snapshots=(50, 100, 200),
+                              samples=(1, 2, 4, 8, 16), mask_size=56, chunk=50, steps=32,
+                              resamples=2000),
+        enhance=EnhanceSpec(n_test=500, n_small=500, iterations=100, samples=8, mask_size=56,
+                            chunk=250, resamples=2000),
+        overmap=OverMAPSpec(per_case=250, n_fido=350, fido_iterations=300, fido_samples=4,
+                            mask_size=56, mc_passes=30, n_boot=2000, batch=128),
+        methods=MethodsSpec(n_images=200, fido_iterations=300, fido_snapshots=(50, 100, 200),
+                            fido_s_max=16, fido_chunk=50, mask_size=56, batch=50, ig_steps=64,
+                            smooth_samples=32, steps=32, resamples=2000),
     ),
 }
 
@@ -150,7 +213,7 @@ def get_profile(name: str = "auto", **overrides) -> Profile:
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ValueError(f"overrides: expected Profile fields among {fields}, got unknown {unknown}")
-    for field, cls in (("classifier", TrainConfig), ("segmenter", SegConfig)):
+    for field, cls in (("classifier", TrainConfig), ("segmenter", SegConfig), *SPECS.items()):
         config = overrides.get(field)
         if isinstance(config, Mapping):
             config_fields = [f.name for f in dataclasses.fields(cls)]

@@ -1,5 +1,9 @@
 """Statistics shared by the chapters: percentile-bootstrap intervals and McNemar's exact test.
 
+One rule turns an interval into words everywhere (:func:`verdict`, :func:`paired_comparison`):
+a chapter that compares two settings on the same images reports the paired difference, its
+interval and the word, never a ranking of point estimates.
+
 The percentile bootstrap (Efron, 1979) resamples the ``N`` observations with replacement ``B``
 times (:func:`bootstrap_indices`: all resamples at once, ``LongTensor[B, N]``), recomputes the
 statistic on each resample, and reports the ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of
@@ -11,13 +15,15 @@ pieces, so equal generators give equal intervals whichever function draws them.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from . import _checks
 
-__all__ = ["bootstrap_indices", "percentile_interval", "bootstrap_ci", "mcnemar_p"]
+__all__ = ["bootstrap_indices", "percentile_interval", "bootstrap_ci", "mcnemar_p", "VERDICTS",
+           "verdict", "Comparison", "paired_comparison"]
 
 
 def bootstrap_indices(n: int, resamples: int, generator: torch.Generator | None = None) -> Tensor:
@@ -101,3 +107,89 @@ def mcnemar_p(fixed: int, broken: int) -> float:
     # log C(n, i) − n log 2, summed in log space (no overflow for thousands of pairs)
     log_terms = (math.lgamma(n + 1) - torch.lgamma(i + 1) - torch.lgamma(n - i + 1) - n * math.log(2.0))
     return float(min(1.0, 2.0 * float(torch.logsumexp(log_terms, 0).exp())))
+
+
+#: The words :func:`verdict` returns.
+VERDICTS = ("better", "not worse", "not measurably different", "worse", "inconclusive")
+
+
+def verdict(low: float, high: float, margin: float = 0.0) -> str:
+    """The word for a confidence interval ``[low, high]`` of a difference A − B, signed so that
+    a positive difference favours A.
+
+    With ``margin = 0`` (a superiority question): ``"better"`` when the interval lies above 0,
+    ``"worse"`` when it lies below 0, else ``"not measurably different"``.
+
+    With ``margin = m > 0`` (a non-inferiority question, the margin declared before the run):
+    ``"better"`` when ``low > 0``; ``"not worse"`` when ``low > −m`` (A loses less than ``m``,
+    whatever the sign of the estimate); ``"worse"`` when ``high < 0`` and ``low <= −m``;
+    ``"inconclusive"`` otherwise (the interval reaches below ``−m`` and above 0).
+
+    Args:
+        low, high (float): the interval; NaN gives ``"inconclusive"``.
+        margin (float, optional): m >= 0. Default: 0.
+
+    Returns:
+        str: one of :data:`VERDICTS`.
+    """
+    margin = _checks.check_positive_float(margin, "margin", allow_zero=True)
+    low, high = float(low), float(high)
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    if low > high:
+        raise ValueError(f"low, high: expected low <= high, got [{low}, {high}]")
+    if low > 0:
+        return "better"
+    if margin == 0:
+        return "worse" if high < 0 else "not measurably different"
+    if low > -margin:
+        return "not worse"
+    if high < 0:
+        return "worse"
+    return "inconclusive"
+
+
+class Comparison(NamedTuple):
+    """A paired comparison of A against B on the same items.
+
+    Attributes:
+        mean (float): the mean per-item difference A − B (signed so that > 0 favours A).
+        low, high (float): its percentile-bootstrap interval.
+        word (str): :func:`verdict` of the interval against ``margin``.
+        margin (float): the margin the word was judged against.
+        n (int): items with both values defined.
+    """
+
+    mean: float
+    low: float
+    high: float
+    word: str
+    margin: float
+    n: int
+
+
+def paired_comparison(a, b, *, higher_is_better: bool = True, margin: float = 0.0,
+                      level: float = 0.95, resamples: int = 2000,
+                      generator: torch.Generator | None = None) -> Comparison:
+    """Compares A with B on the same items: the mean paired difference, its bootstrap interval
+    and the word of :func:`verdict`.
+
+    Args:
+        a, b (Tensor[N] or sequence): one value per item (image), paired by position; items
+            where either is NaN are left out.
+        higher_is_better (bool, optional): False flips the sign, so that a positive difference
+            always favours A. Default: True.
+        margin (float, optional): the non-inferiority margin (see :func:`verdict`). Default: 0.
+        level, resamples, generator: as :func:`bootstrap_ci`.
+
+    Returns:
+        Comparison
+    """
+    a = torch.as_tensor(a, dtype=torch.float64).flatten().cpu()
+    b = torch.as_tensor(b, dtype=torch.float64).flatten().cpu()
+    if a.shape != b.shape:
+        raise ValueError(f"a, b: expected paired values of equal length, got {a.numel()} and {b.numel()}")
+    d = a - b if higher_is_better else b - a
+    n = int((~torch.isnan(d)).sum())
+    mean, low, high = bootstrap_ci(d, level=level, resamples=resamples, generator=generator)
+    return Comparison(mean, low, high, verdict(low, high, margin), float(margin), n)
