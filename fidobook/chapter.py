@@ -14,7 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-__all__ = ["chapter_setup", "resolve_device", "glue_number", "static_explorer"]
+__all__ = ["chapter_setup", "resolve_device", "glue_number", "static_explorer", "record",
+           "RECORD_ENV"]
+
+#: Set by the book pipeline for each executed chapter: where :func:`record` appends.
+RECORD_ENV = "FIDOBOOK_RECORD"
 
 
 
@@ -121,3 +125,28 @@ def static_explorer(images: Mapping[str, bytes], description: str = "", *,
     return widgets.VBox([slider, stack])
 
 
+
+
+def record(result) -> None:
+    """Notes an experiment result a chapter used, for its run record and the appendix.
+
+    Under the book pipeline (``$FIDOBOOK_RECORD`` set) this appends one JSON line (experiment,
+    spec, context, cache key, and the result's numeric scalars) to that file; the pipeline moves
+    it into ``<chapter>.run.json``. Elsewhere (an interactive session) it does nothing.
+
+    Args:
+        result (fidobook.experiments.Result): what ``fidobook.experiments.run`` returned.
+    """
+    import json
+
+    from .experiments import Result
+
+    if not isinstance(result, Result):
+        raise TypeError(f"result: expected a fidobook.experiments.Result, got {type(result).__name__}")
+    path = os.environ.get(RECORD_ENV)
+    if not path:
+        return
+    line = {"experiment": result.name, "spec": result.spec, "context": result.context,
+            "key": result.key, "numbers": result.numbers()}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line, allow_nan=True) + "\n")

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from ..profiles import PROFILE_NAMES
 from ._common import CHAPTERS_DIR, ROOT, VENDOR_DIR, _log
 from .assets import vendor
 from .browser import _problems, browser_check, external_resources, screenshot
@@ -19,11 +20,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="execute the chapters (only those that changed)")
-    p.add_argument("--profile", default="auto", choices=["auto", "smoke", "cpu", "gpu"])
+    p.add_argument("--profile", default="auto", choices=list(PROFILE_NAMES))
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--weights", default=None, help="the reader's classifier weights (with --arch)")
+    p.add_argument("--arch", default=None, help="resnet18, resnet34, resnet50 or resnet101")
     p.add_argument("--chapters", default=os.environ.get("CHAPTERS") or None,
                    help="comma-separated chapter names (default: $CHAPTERS, else all)")
     p.add_argument("--force", action="store_true", help="execute even if up to date")
@@ -56,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         only = [c.strip() for c in args.chapters.split(",") if c.strip()] if args.chapters else None
         try:
             run(args.profile, args.device, args.seed, data_dir=args.data_dir,
-                cache_dir=args.cache_dir, only=only, force=args.force, out_dir=args.out,
+                cache_dir=args.cache_dir, weights=args.weights, arch=args.arch, only=only, force=args.force, out_dir=args.out,
                 timeout=args.timeout, progress=not args.no_progress)
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)

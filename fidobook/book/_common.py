@@ -15,7 +15,7 @@ VENDOR_DIR = ROOT / "book" / "_vendor"
 #: npm packages vendored for offline HTML, pinned.
 VENDOR_PACKAGES = ("mathjax@3.2.2", "requirejs@2.3.8", "@jupyter-widgets/html-manager@1.0.6")
 #: Parameters every chapter's ``parameters`` cell defines (papermill injects them).
-PARAMETERS = ("profile", "device", "seed", "data_dir", "cache_dir")
+PARAMETERS = ("profile", "device", "seed", "data_dir", "cache_dir", "weights", "arch")
 _TOC_PREFIX = "book/chapters/"
 _RECORDS_PAGE = "run_records.md"
 

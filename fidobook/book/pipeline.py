@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ._common import (CHAPTERS_DIR, ROOT, _RECORDS_PAGE, _TOC_PREFIX, _file_sha, _log,
                       _sha)
+from ..chapter import RECORD_ENV
 from ..chapter import resolve_device as _resolve_device
 
 
@@ -134,6 +135,20 @@ def _read_record(path: Path) -> dict | None:
 
 
 
+def _read_used(path: Path) -> list[dict]:
+    """The experiments a chapter recorded (one JSON object a line); the file is removed."""
+    if not path.is_file():
+        return []
+    used = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            used.append(json.loads(line))
+        except ValueError:
+            _log(f"{path}: skipping a damaged line of the experiments record")
+    path.unlink(missing_ok=True)
+    return used
+
+
 def _sweep_partials(out_dir: Path) -> None:
     """Removes executed copies that a killed run left half-written (``.<name>.running-<pid>.ipynb``)."""
     from .._io import _pid_alive
@@ -142,6 +157,11 @@ def _sweep_partials(out_dir: Path) -> None:
         pid = p.name[: -len(".ipynb")].rsplit("-", 1)[-1]
         if not pid.isdigit() or not _pid_alive(int(pid)):
             _log(f"removing a partial executed copy left by an interrupted run: {p}")
+            with contextlib.suppress(OSError):
+                p.unlink()
+    for p in out_dir.glob(".*.experiments-*.jsonl"):
+        pid = p.name[: -len(".jsonl")].rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 p.unlink()
     for p in out_dir.glob(".*.running.ipynb"):  # the name older versions used
@@ -169,7 +189,8 @@ def _kernel_environment(root: Path):
 
 
 def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
-        data_dir: str | None = None, cache_dir: str | None = None,
+        data_dir: str | None = None, cache_dir: str | None = None, weights: str | None = None,
+        arch: str | None = None,
         only: Sequence[str] | None = None, force: bool = False,
         out_dir: str | os.PathLike = CHAPTERS_DIR, timeout: int = 3600,
         progress: bool = True, root: str | os.PathLike = ROOT) -> list[dict]:
@@ -217,9 +238,10 @@ def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
         # The kernels run in out_dir: relative folders would point somewhere else there.
         data_dir = str(Path(data_dir).resolve()) if data_dir is not None else None
         cache_dir = str(Path(cache_dir).resolve()) if cache_dir is not None else None
+        weights = str(Path(weights).resolve()) if weights is not None else None
         profile_resolved, device_resolved = _resolved(profile, device)
         parameters = {"profile": profile, "device": device, "seed": int(seed),
-                      "data_dir": data_dir, "cache_dir": cache_dir}
+                      "data_dir": data_dir, "cache_dir": cache_dir, "weights": weights, "arch": arch}
         key = dict(parameters, profile_resolved=profile_resolved, device_resolved=device_resolved)
 
         records, failed = [], []
@@ -241,6 +263,10 @@ def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
             _log(f"[{i}/{len(names)}] {name}: executing with profile={profile} ({profile_resolved}), "
                  f"device={device} ({device_resolved}), seed={seed}")
             partial = out_dir / f".{name}.running-{os.getpid()}.ipynb"
+            # The chapter's fidobook.chapter.record() calls append the experiments it used here.
+            used_path = out_dir / f".{name}.experiments-{os.getpid()}.jsonl"
+            used_path.unlink(missing_ok=True)
+            os.environ[RECORD_ENV] = str(used_path)
             t0 = time.perf_counter()
             status, error = "ok", None
             try:
@@ -250,6 +276,8 @@ def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
             except Exception as exc:  # noqa: BLE001 - reported, the other chapters still run
                 status, error = "failed", f"{type(exc).__name__}: {exc}"
             wall = time.perf_counter() - t0
+            os.environ.pop(RECORD_ENV, None)
+            experiments = _read_used(used_path)
             record = {
                 "chapter": name, "status": status, "error": error,
                 "source": source.relative_to(root).as_posix(),
@@ -263,6 +291,7 @@ def run(profile: str = "auto", device: str = "auto", seed: int = 0, *,
                          "cpu_count": os.cpu_count(),
                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
                 "hash": hashes["hash"], "hashes": hashes,
+                "experiments": experiments,
             }
             if status == "ok":
                 record["executed_sha256"] = _file_sha(partial)
