@@ -1,8 +1,15 @@
-"""The ``fidobook`` command: generate data, train the classifier, compute masks for a data set.
+"""The ``fidobook`` command: data, classifier, masks for a data set, and the book's experiments.
 
     fidobook data  --profile cpu                 # generate the profile's birds (cached)
     fidobook train --profile cpu                 # train the profile's classifier (cached)
     fidobook masks --profile cpu --out masks/    # FIDO masks for the test split, resumable
+    fidobook run all --profile cpu --out results/               # every chapter's experiment, headless
+    fidobook run cd_vs_scd --profile cub --data-dir CUB_200_2011 --weights r50.pt --arch resnet50 --out r/
+
+``run`` computes the experiments the chapters show (:mod:`fidobook.experiments`) without
+Jupyter, with progress bars, and writes each result to ``--out`` as ``<name>.pt`` (a verified
+record) and ``<name>.json`` (the same without tensors); results are also cached under the cache
+folder, so a chapter executed later with the same profile, data and model reads them.
 
 Arguments are checked when they are parsed, before anything is written: counts are ints >= 1,
 ``--temperature`` a finite number > 0, ``--seed`` an int in [0, 2**63), ``--device`` a device this
@@ -318,6 +325,59 @@ def cmd_masks(args) -> int:
     return 0
 
 
+def _normalize(text: str):
+    """``mean1,mean2,mean3,std1,std2,std3`` -> ((means), (stds))."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 6 or not all(math.isfinite(v) for v in values) or min(values[3:]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected six numbers 'm1,m2,m3,s1,s2,s3' with s > 0, got {text!r}")
+    return tuple(values[:3]), tuple(values[3:])
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"expected an existing file, got {text!r}")
+    return path
+
+
+def _existing_folder(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected an existing folder, got {text!r}")
+    return path
+
+
+def cmd_run(args) -> int:
+    from .experiments import EXPERIMENTS, Context, run
+
+    names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    try:
+        ctx = Context.create(args.profile, device=args.device, cache_dir=args.cache_dir,
+                             data_dir=args.data_dir, weights=args.weights, arch=args.arch,
+                             cbam=args.cbam, normalize=args.normalize, progress=True)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        args.parser.error(str(e))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{ctx}; experiments: {', '.join(names)} -> {out}", flush=True)
+    total = time.perf_counter()
+    for name in names:
+        t0 = time.perf_counter()
+        result = run(name, ctx, progress=not args.no_progress, cache=not args.no_cache)
+        path = result.save(out / f"{name}.pt")
+        # result.seconds is the compute time of the run that made it: small elapsed, cached.
+        print(f"{name}: {time.perf_counter() - t0:.1f} s here (its computation took "
+              f"{result.seconds:.1f} s), {len(result.scalars)} numbers, {len(result.tables)} "
+              f"tables -> {path}", flush=True)
+    print(f"run: {len(names)} experiments in {time.perf_counter() - total:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fidobook", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -357,6 +417,24 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=_seed, default=0, help="an int in [0, 2**63)")
     m.add_argument("--progress", action="store_true")
     m.set_defaults(func=cmd_masks)
+
+    from .experiments import EXPERIMENTS
+
+    r = common(sub.add_parser("run", help="the chapters' experiments, headless"), device=True)
+    r.add_argument("experiment", choices=[*EXPERIMENTS, "all"], help="an experiment, or all")
+    r.add_argument("--out", type=_folder, required=True, help="folder for <name>.pt and <name>.json")
+    r.add_argument("--data-dir", type=_existing_folder, default=None,
+                   help="a CUB-200-2011-format folder (default: the profile's generated birds)")
+    r.add_argument("--weights", type=_existing_file, default=None,
+                   help="a state dict for --arch (a torchvision ResNet, loaded with weights_only=True)")
+    r.add_argument("--arch", default=None, choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    r.add_argument("--cbam", action="store_true", help="the weights are for a ResNet with CBAM")
+    r.add_argument("--normalize", type=_normalize, default=None,
+                   help="the classifier's input mean and std, 'm1,m2,m3,s1,s2,s3' (default ImageNet's)")
+    r.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    r.add_argument("--no-cache", action="store_true", help="compute even if a cached result exists")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_run)
     return p
 
 
