@@ -8,6 +8,12 @@ PROFILE ?= auto
 # `make book CHAPTERS=01_concrete,02_fido FORCE=1`: only these chapters; execute even if up to date.
 CHAPTERS ?=
 FORCE ?=
+# The book on one's own data: `make book PROFILE=cub DATA=path/CUB_200_2011 WEIGHTS=r50.pt ARCH=resnet50`
+# (a CUB-200-2011-format folder; a torchvision ResNet state dict; without WEIGHTS the profile's
+# classifier is trained on DATA).
+DATA ?=
+WEIGHTS ?=
+ARCH ?=
 # Fixed thread count: CPU results then reproduce bit for bit (see PLATFORM notes in the README).
 export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED = 0
@@ -47,8 +53,10 @@ train: data
 
 # The book: execute the chapters that changed (papermill, progress shown) into book/chapters/,
 # then the strict HTML build into book/_build/html, then the offline check of the pages.
-chapters: train
+# With DATA, the chapters prepare their data and models themselves (nothing to generate).
+chapters: $(if $(DATA),setup,train)
 	FIDOBOOK_CACHE=$(abspath $(CACHE)) $(PY) -m fidobook.book run --profile $(PROFILE) \
+	  $(if $(DATA),--data-dir $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(ARCH),--arch $(ARCH)) \
 	  $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(FORCE),--force)
 
 html: setup

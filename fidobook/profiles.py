@@ -1,4 +1,5 @@
-"""Named run sizes for the book: ``smoke`` (CI), ``cpu`` (a laptop), ``gpu`` (full experiments).
+"""Named run sizes for the book: ``smoke`` (CI), ``cpu`` (a laptop), ``gpu`` (full experiments),
+``cub`` (the gpu sizes at 224 px with a ResNet-50, for a real CUB-200-2011-format folder).
 
 A chapter's ``parameters`` cell names a profile and overrides a few fields::
 
@@ -176,6 +177,14 @@ PROFILES: dict[str, Profile] = {
                             smooth_samples=32, steps=32, resamples=2000),
     ),
 }
+
+# cub: the book on a real CUB-200-2011-format folder (``data_dir``) at 224 px on a GPU, with the
+# reader's ResNet-50 (``weights``) or, without weights, a ResNet-50 + CBAM trained from scratch on
+# the folder. The experiments' sizes are the gpu profile's (they carry on one GPU); without a
+# data_dir it generates the gpu profile's birds.
+PROFILES["cub"] = dataclasses.replace(
+    PROFILES["gpu"], name="cub",
+    classifier=dataclasses.replace(PROFILES["gpu"].classifier, arch="resnet50"))
 
 #: Names :func:`get_profile` accepts.
 PROFILE_NAMES = tuple(PROFILES) + ("auto",)
