@@ -353,15 +353,17 @@ def _existing_folder(text: str) -> Path:
 def cmd_run(args) -> int:
     from .experiments import EXPERIMENTS, Context, run
 
+    from .chapter import chapter_setup
+
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    # As a chapter does: fixed threads (when given), deterministic algorithms, seeded.
+    chapter_setup(0, args.device, threads=args.threads)
     try:
         ctx = Context.create(args.profile, device=args.device, cache_dir=args.cache_dir,
                              data_dir=args.data_dir, weights=args.weights, arch=args.arch,
                              cbam=args.cbam, normalize=args.normalize, progress=True)
     except (ValueError, TypeError, FileNotFoundError) as e:
         args.parser.error(str(e))
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{ctx}; experiments: {', '.join(names)} -> {out}", flush=True)

@@ -308,6 +308,97 @@ class TestSmokeRun:
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
 
+class TestExperimentsRecorded:
+    def test_every_chapter_records_the_experiments_it_used(self, smoke):
+        from fidobook.experiments import EXPERIMENTS
+
+        used = {e["experiment"] for r in smoke[1] for e in r.get("experiments", [])}
+        assert used == set(EXPERIMENTS)
+        for r in smoke[1]:
+            for e in r.get("experiments", []):
+                assert e["spec"] and e["key"] and e["context"]["profile"] == "smoke"
+
+    def test_headless_run_gives_the_chapters_numbers(self, smoke, tmp_path):
+        """`fidobook run all --no-cache` recomputes every experiment: same spec, same numbers."""
+        out = tmp_path / "results"
+        proc = subprocess.run([sys.executable, "-m", "fidobook.cli", "run", "all", "--profile", "smoke",
+                               "--device", "cpu", "--threads", "2", "--no-cache", "--no-progress",
+                               "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=1800)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        from fidobook.experiments import Result
+
+        compared = 0
+        for r in smoke[1]:
+            for e in r.get("experiments", []):
+                headless = Result.load(out / f"{e['experiment']}.pt")
+                if headless.key != e["key"]:  # the chapter overrode its spec: not the same run
+                    continue
+                for name, value in e["numbers"].items():
+                    assert headless.numbers()[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+                compared += 1
+        assert compared >= 5
+
+
+# ------------------------------------------------------------------------------------------
+# The book on a folder shaped like the real CUB-200-2011, with a ResNet-18 state dict
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cub_folder(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from cub_shaped import make_cub_shaped, make_resnet_weights
+    finally:
+        sys.path.pop(0)
+    root = make_cub_shaped(tmp_path_factory.mktemp("cub") / "CUB_200_2011")
+    classes = len((root / "classes.txt").read_text().splitlines())
+    weights = make_resnet_weights(tmp_path_factory.mktemp("weights") / "resnet18.pt", classes,
+                                  arch="resnet18")
+    return root, weights
+
+
+@pytest.fixture(scope="module")
+def cub_smoke(cub_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chapters-cub")
+    cache = tmp_path_factory.mktemp("cache-cub")
+    t0 = time.perf_counter()
+    records = book.run("smoke", "cpu", 0, data_dir=str(cub_folder[0]), weights=str(cub_folder[1]),
+                       arch="resnet18", cache_dir=str(cache), out_dir=out, progress=False,
+                       timeout=600)
+    print(f"CUB-shaped smoke run of {len(records)} chapters: {time.perf_counter() - t0:.1f} s")
+    return out, records, cache
+
+
+class TestCUBShaped:
+    def test_every_chapter_runs_on_cub_shaped_data(self, cub_smoke):
+        out, records, _ = cub_smoke
+        assert [r["chapter"] for r in records] == CHAPTERS
+        for r in records:
+            assert r["status"] == "ok", r.get("error")
+            assert r["weights"] and r["arch"] == "resnet18"
+            nb = _notebook(out / f"{r['chapter']}.ipynb")
+            outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+            assert not [o for o in outputs if o["output_type"] == "error"], r["chapter"]
+
+    def test_headless_run_all_on_cub_shaped_data(self, cub_folder, cub_smoke, tmp_path):
+        out = tmp_path / "results"
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "fidobook.cli", "run", "all", "--profile", "smoke",
+                               "--device", "cpu", "--data-dir", str(cub_folder[0]), "--weights",
+                               str(cub_folder[1]), "--arch", "resnet18", "--cache-dir",
+                               str(tmp_path / "cache"), "--no-progress", "--out", str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        print(proc.stdout[-3000:])
+        print(f"fidobook run all on the CUB-shaped folder: {time.perf_counter() - t0:.1f} s")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        from fidobook.experiments import EXPERIMENTS, Result
+
+        for name in EXPERIMENTS:
+            result = Result.load(out / f"{name}.pt")
+            assert result.context["source"] == "cub" and result.context["weights"]
+
+
 class TestSite:
     def test_strict_build_wrote_every_page(self, site):
         for rel in ["index.html", "book/intro.html", "book/appendix.html",
