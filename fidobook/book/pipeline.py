@@ -318,11 +318,17 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _spec_text(spec: Mapping) -> str:
+    """``a=1, b=(1, 2)`` for a table cell (pipes would break the markdown table)."""
+    return ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in spec.items()).replace("|", "/")
+
+
 def write_run_records_page(chapters_dir: str | os.PathLike = CHAPTERS_DIR, *,
                            root: str | os.PathLike = ROOT) -> Path:
     """Writes ``run_records.md`` (included by the appendix) from the chapters' run records.
 
-    It tabulates how each chapter was executed, the environment of the runs, and the sizes of
+    It tabulates how each chapter was executed, the environment of the runs, the experiments
+    each chapter ran with the specs it used (recorded by :func:`fidobook.chapter.record`), and
     the profiles (read from :mod:`fidobook.profiles`), so that none of it is typed by hand.
     """
     chapters_dir = Path(chapters_dir)
@@ -353,16 +359,24 @@ def write_run_records_page(chapters_dir: str | os.PathLike = CHAPTERS_DIR, *,
                            f"{host.get('omp_num_threads')}")]
         out.append("\n**Environment of the latest run:**\n\n")
         out.append(_md_table(["", "version"], [(k, v) for k, v in env]))
+    used = [(r["chapter"], e) for r in records for e in r.get("experiments", [])]
+    if used:
+        out.append("\n**The experiments each chapter ran, with their specs** (the sizes actually "
+                   "used, from the run records; `fidobook run NAME` computes the same result "
+                   "headless):\n\n")
+        rows = [(f"`{chapter}`", f"`{e['experiment']}`", _spec_text(e.get("spec", {})),
+                 e.get("context", {}).get("source", ""), f"`{str(e.get('key', ''))[:12]}`")
+                for chapter, e in used]
+        out.append(_md_table(["chapter", "experiment", "spec", "data", "result key"], rows))
     try:
         from ..profiles import PROFILES
 
-        fields = ["n_classes", "train_per_class", "test_per_class", "image_size",
-                  "fido_iterations", "fido_samples", "n_explain", "mask_size"]
+        fields = ["n_classes", "train_per_class", "test_per_class", "image_size", "max_batch"]
         rows = [[f"`{f}`"] + [getattr(p, f) for p in PROFILES.values()] for f in fields]
         rows.append(["classifier"] + [f"{p.classifier.arch}, {p.classifier.epochs} epochs"
                                       for p in PROFILES.values()])
         out.append("\n**The profiles** (`fidobook.profiles`; `auto` is `gpu` with CUDA, else "
-                   "`cpu`):\n\n")
+                   "`cpu`; each also holds every experiment's spec):\n\n")
         out.append(_md_table(["field"] + [f"`{name}`" for name in PROFILES], rows))
     except Exception as exc:  # noqa: BLE001 - the page still renders without the profiles
         out.append(f"\n(The profiles could not be read: {type(exc).__name__}.)\n")
