@@ -31,6 +31,8 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from . import _checks
+from ._maps import as_masks as _as_masks
+from ._maps import gaussian_blur as _gaussian_blur
 from .infill import BLUR_SIGMA_AT_224
 from .metrics import _mask_boxes
 from .stats import bootstrap_indices, mcnemar_p, percentile_interval  # mcnemar_p: re-exported
@@ -72,13 +74,8 @@ def _maps(maps, name: str = "maps") -> Tensor:
 
 
 def _masks(masks, name: str = "masks") -> Tensor:
-    """``BoolTensor[N, H, W]`` from bool, 0/1 or 0/255 integers, or floats thresholded at 0.5."""
-    masks = _checks.squeeze_channel(_checks.check_tensor(masks, name), name, non_empty=True)
-    if masks.dtype == torch.bool:
-        return masks
-    if masks.is_floating_point():
-        return _checks.check_finite(masks, name) > 0.5
-    return masks > (127 if masks.dtype == torch.uint8 and int(masks.max()) > 1 else 0)
+    """``BoolTensor[N, H, W]`` by the package's one mask rule (:func:`fidobook._maps.as_masks`)."""
+    return _as_masks(masks, name, non_empty=True)
 
 
 def _boxes(boxes, name: str = "boxes") -> Tensor:
@@ -103,38 +100,11 @@ def _nonneg(value, name: str) -> float:
     return _checks.check_positive_float(value, name, allow_zero=True)
 
 
-def _blur_matrix(length: int, sigma: float, k: int) -> Tensor:
-    """``Tensor[L, L]`` (float64, CPU): row i holds the Gaussian weights that output pixel i takes
-    from each input pixel, with reflect padding folded in (index −1 reads pixel 1, index L reads
-    pixel L − 2). Built on the CPU, so it is the same on every device (no atomic adds)."""
-    r = k // 2
-    taps = torch.arange(-r, r + 1, dtype=torch.float64)
-    weights = torch.exp(-0.5 * (taps / sigma) ** 2)
-    weights = weights / weights.sum()  # [k]
-    src = torch.arange(length)[:, None] + torch.arange(-r, r + 1)  # [L, k]
-    src = src.abs()  # reflect at 0
-    src = torch.where(src > length - 1, 2 * (length - 1) - src, src)  # reflect at L − 1
-    m = torch.zeros((length, length), dtype=torch.float64)
-    return m.scatter_add_(1, src, weights.expand(length, k).contiguous())
-
-
 def _gaussian(x: Tensor, sigma: float) -> Tensor:
-    """Gaussian blur of ``Tensor[N, C, H, W]`` with σ in pixels (reflect padding; σ = 0: x).
-
-    The same result as ``torchvision``'s ``gaussian_blur`` with a kernel of ``2⌈3σ⌉ + 1`` taps,
-    computed as two matrix products ``B_H · x · B_Wᵀ`` (separable, and a matrix product is far
-    faster on a CPU than a large depth-wise convolution).
-    """
-    if sigma <= 0:
-        return x
-    h, w = x.shape[-2:]
-    # ±3σ holds 99.7 % of the kernel's mass; reflect padding needs a kernel smaller than the image.
-    k = min(2 * math.ceil(3 * sigma) + 1, 2 * ((min(h, w) - 1) // 2) + 1)
-    if k < 3:  # a 1- or 2-pixel image: nothing to blur
-        return x
-    rows = _blur_matrix(h, sigma, k).to(x.device, x.dtype)  # [H, H]
-    cols = _blur_matrix(w, sigma, k).to(x.device, x.dtype)  # [W, W]
-    return torch.matmul(torch.matmul(rows, x), cols.T)
+    """Gaussian blur of ``Tensor[N, C, H, W]`` with σ in pixels: the package's one blur
+    (:func:`fidobook._maps.gaussian_blur`, also the ``"blur"`` infill): ``2⌈3σ⌉ + 1`` taps cut to
+    the image, reflect padding, two matrix products; σ = 0 returns ``x``."""
+    return _gaussian_blur(x, sigma)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,8 +136,9 @@ def box_from_mask(masks: Tensor) -> Tensor:
     """The tightest box around each mask's pixels; the whole image for an empty mask.
 
     Args:
-        masks (Tensor[N, H, W] or Tensor[N, 1, H, W]): bool, 0/1 or 0/255 integers, or floats
-            (thresholded at 0.5).
+        masks (Tensor[N, H, W] or Tensor[N, 1, H, W]): bool, 0/1 or 0/255 integers (non-zero =
+            in; other integers are an error), or floats in [0, 1] (``>= 0.5`` = in): the
+            package's one mask rule (:mod:`fidobook._maps`).
 
     Returns:
         Tensor[N, 4] (float32): ``x0, y0, x1, y1`` pixel edges (a single pixel ``(i, j)`` gives

@@ -5,21 +5,31 @@ Three families, all vectorised over a batch of maps ``Tensor[N, H, W]`` (higher 
 - **localisation against ground truth** (an object segmentation, part masks, a box):
   :func:`relevance_mass` and :func:`relevance_rank` (Arras, Osman, Samek, 2022),
   :func:`pointing_game` (Zhang et al., 2018), :func:`map_iou`, :func:`box_iou` and
-  :func:`mass_outside` (the box IoU and the share of salient pixels outside the box follow the
-  metrics of the SCD reference code, cvjena/fido-pytorch);
+  :func:`mass_outside` (the box IoU and the share of salient pixels outside the box are modelled
+  on the two metrics of the SCD reference code, cvjena/fido-pytorch, but are not the same
+  numbers: each docstring says how they differ);
 - **faithfulness to the model**: :func:`deletion_curve`, :func:`insertion_curve` and their
   :func:`curve_auc` (Petsiuk, Das, Saenko, 2018);
 - **coherence**: :func:`normalized_tv`, the mean absolute difference between neighbouring pixels.
 
 :func:`score_maps` computes every localisation score whose ground truth it is given, plus the
-total variation. Masks are ``BoolTensor[N, H, W]``; ``uint8`` (0/1 or 0/255), integer and float
-masks (thresholded at 0.5) are accepted, and a channel of 1 is squeezed everywhere. Boxes are
-``Tensor[N, 4]`` in ``xyxy`` pixel edges (``x0, y0, x1, y1``); CUB's ``xywh`` boxes convert with
-``torchvision.ops.box_convert(boxes, "xywh", "xyxy")``.
+total variation. Boxes are ``Tensor[N, 4]`` in ``xyxy`` pixel edges (``x0, y0, x1, y1``); CUB's
+``xywh`` boxes convert with ``torchvision.ops.box_convert(boxes, "xywh", "xyxy")``.
+
+**Masks** follow the package's one rule (:mod:`fidobook._maps`), with a channel of 1 squeezed
+everywhere: bool as is; integers must be 0/1 or 0/255 (non-zero = in), so part labels or grey
+levels are an error, not a guess; floats must lie in [0, 1] and are in at ``>= 0.5``.
+
+**Maps**: the scores that threshold a map (:func:`map_iou`, :func:`box_iou`,
+:func:`mass_outside` with a threshold, and :func:`score_maps`, which applies its threshold to the
+maps as given) need maps in [0, 1] and reject others (scale them with :func:`normalize_maps`). The
+scale-free scores (relevance mass and rank, the pointing game, the curves) take any finite map;
+relevance mass scores a signed map by its positive part.
 
 A score that is undefined for an image is NaN, never a silent 0: relevance mass of a map without
-positive mass, relevance rank against an empty mask, IoU when both sets are empty. Average with
-``torch.nanmean`` and report how many images were left out.
+positive mass, relevance rank against an empty mask, IoU when both sets are empty (the package's
+one IoU, :func:`fidobook._maps.iou`). Average with ``torch.nanmean`` and report how many images
+were left out.
 """
 from __future__ import annotations
 
@@ -27,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _checks
+from . import _checks, _maps
 from .data.birds import PART_TYPES
 from .fido import frozen_model, total_variation
 from .infill import INFILLS, RANDOM_INFILLS
@@ -51,19 +61,18 @@ def _as_maps(maps, name: str = "maps") -> Tensor:
 
 
 def _as_masks(masks, name: str = "masks") -> Tensor:
-    """``BoolTensor[N, H, W]`` from bool, integer (non-zero = in) or float (>= 0.5 = in) masks."""
-    masks = _checks.squeeze_channel(_checks.check_tensor(masks, name), name)
-    if masks.dtype == torch.bool:
-        return masks
-    if masks.is_floating_point():
-        _checks.check_finite(masks, name)
-        if masks.numel() and (float(masks.min()) < 0 or float(masks.max()) > 1):
-            raise ValueError(f"{name}: expected float masks in [0, 1], got range "
-                             f"[{float(masks.min()):.4g}, {float(masks.max()):.4g}]")
-        return masks >= 0.5
-    if masks.is_complex():
-        raise TypeError(f"{name}: expected a bool, integer or float mask, got dtype {masks.dtype}")
-    return masks != 0  # uint8 0/1 and 0/255 alike
+    """``BoolTensor[N, H, W]`` by the package's one mask rule (:func:`fidobook._maps.as_masks`)."""
+    return _maps.as_masks(masks, name)
+
+
+def _as_unit_maps(maps, name: str = "maps") -> Tensor:
+    """``Tensor[N, H, W]`` float, finite, in [0, 1]: maps a threshold on [0, 1] applies to."""
+    maps = _as_maps(maps, name)
+    if maps.numel() and (float(maps.min()) < 0 or float(maps.max()) > 1):
+        raise ValueError(f"{name}: expected values in [0, 1] (the threshold applies to the maps as "
+                         f"given: scale other maps with normalize_maps), got range "
+                         f"[{float(maps.min()):.4g}, {float(maps.max()):.4g}]")
+    return maps
 
 
 def _same_shape(maps: Tensor, other: Tensor, name: str) -> None:
@@ -153,14 +162,24 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
     """Pointing game: does the map's maximum fall on the mask (within ``tolerance`` pixels)?
 
     The point is the first maximum in row-major order (``argmax`` of the flattened map). It is a
-    hit when it lies in the mask dilated by ``tolerance`` pixels in the Chebyshev metric (a
-    ``(2·tolerance + 1)²`` max-pool), as in Zhang et al., "Top-down neural attention by
-    excitation backprop", IJCV 2018 (who use 15 px at ImageNet scale).
+    hit when a mask pixel lies within ``tolerance`` pixels of it in the **Chebyshev** metric,
+    ``max(|Δrow|, |Δcol|) <= tolerance``: the mask dilated by a ``(2·tolerance + 1)²`` square
+    (one max-pool for the whole batch). ``tolerance=0`` is the exact pixel.
+
+    The benchmark of Zhang et al., "Top-down neural attention by excitation backprop", IJCV 2018
+    (15 px at ImageNet scale) as TorchRay implements it (``torchray.benchmark.PointingGame``)
+    uses a **disc** instead: a hit when a mask pixel lies at Euclidean distance strictly below
+    ``tolerance`` (``Δrow² + Δcol² < tolerance²``, so its tolerance 0 accepts nothing). The
+    square is used here because it is a separable max-pool, exact at 0, and at the book's image
+    sizes tolerances are a few pixels, where the two differ only in the corners. The square of
+    side ``2t + 1`` contains TorchRay's disc of radius ``t`` and lies inside the closed disc of
+    radius ``t·√2``: a TorchRay hit at tolerance ``t`` is a hit here at ``t``, and a hit here at
+    ``t`` is a TorchRay hit at ``⌊t·√2⌋ + 1``.
 
     Args:
         maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): attribution maps (float, finite).
         masks (BoolTensor[N, H, W] or Tensor[N, 1, H, W]): ground-truth masks.
-        tolerance (int, optional): dilation radius in pixels, ``>= 0``. Default: 0.
+        tolerance (int, optional): Chebyshev radius in pixels, ``>= 0``. Default: 0.
 
     Returns:
         BoolTensor[N]: hits. An empty mask is always a miss (:func:`score_maps` reports NaN).
@@ -180,29 +199,33 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
 def map_iou(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
     """IoU of the thresholded map ``{p : map(p) >= threshold}`` with the mask.
 
+    The package's one IoU (:func:`fidobook._maps.iou`, also behind
+    :func:`fidobook.models.mask_iou` and :func:`fidobook.overmap.overlap_iou`).
+
     Args:
-        maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): maps on the scale of ``threshold``
-            (FIDO's masks are in [0, 1]; other maps: :func:`normalize_maps` first).
+        maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): maps in [0, 1] (FIDO's masks; other maps:
+            :func:`normalize_maps` first); others are rejected.
         masks (BoolTensor[N, H, W] or Tensor[N, 1, H, W]): ground-truth masks.
-        threshold (float, optional): Default: 0.5.
+        threshold (float, optional): in [0, 1]. Default: 0.5.
 
     Returns:
-        Tensor[N]: ``|A ∩ B| / |A ∪ B|`` (float64); NaN when both sets are empty.
+        Tensor[N]: ``|A ∩ B| / |A ∪ B|`` (float64); 0 when exactly one set is empty, NaN when
+        both are (undefined).
     """
-    maps = _as_maps(maps)
+    maps = _as_unit_maps(maps)
     masks = _as_masks(masks)
     _same_shape(maps, masks, "masks")
     threshold = _check_threshold(threshold)
-    a = (maps >= threshold).flatten(1)
-    b = masks.flatten(1)
-    inter = (a & b).sum(1).double()
-    union = (a | b).sum(1).double()
-    return _nan_where(inter / union.clamp(min=1), union == 0)
+    return _maps.iou(maps >= threshold, masks)
 
 
 def _check_threshold(threshold) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold:
-        raise TypeError(f"threshold: expected a number, got {threshold!r}")
+    """A threshold on the [0, 1] scale of the maps."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold: expected a number in [0, 1], got {threshold!r}")
+    if not 0 <= threshold <= 1:  # NaN fails too
+        raise ValueError(f"threshold: expected a number in [0, 1] (maps are in [0, 1]), got "
+                         f"{threshold!r}")
     return float(threshold)
 
 
@@ -243,19 +266,30 @@ def _mask_boxes(masks: Tensor) -> tuple[Tensor, Tensor]:
 def box_iou(maps: Tensor, boxes: Tensor, threshold: float = 0.5) -> Tensor:
     """IoU between the box around the thresholded map and a ground-truth box.
 
-    The predicted box is the tightest box (in pixel edges) around ``{p : map(p) >= threshold}``,
-    as the SCD reference code (cvjena/fido-pytorch) scores masks against CUB's boxes.
+    The predicted box is the tightest box, in pixel edges, around every pixel of
+    ``{p : map(p) >= threshold}`` (no smoothing, no minimum size), and the IoU is that of the two
+    boxes' areas.
+
+    This is modelled on the box IoU of the SCD reference code (``fido.metrics.iou`` in
+    cvjena/fido-pytorch), which scores masks against CUB's boxes, but it is **not the same
+    number**. The reference (1) smooths the map with a Gaussian of σ = 3 px first
+    (``scipy.ndimage.gaussian_filter``), (2) when no pixel exceeds the threshold, thresholds at
+    the map's mean instead, (3) takes the box of the extreme salient pixel indices and enforces a
+    minimum side of 32 px, and (4) rebuilds the box from its centre and size with integer
+    halving, so it comes out one pixel short of the region (``x1 − x0`` pixels for a region
+    spanning ``x1 − x0 + 1``). To score a smoothed map, smooth it first (e.g. the Gaussian of
+    :func:`fidobook.enhance.region_masks`).
 
     Args:
-        maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): maps on the scale of ``threshold``.
+        maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): maps in [0, 1]; others are rejected.
         boxes (Tensor[N, 4]): ground-truth boxes, ``xyxy`` pixel edges.
-        threshold (float, optional): Default: 0.5.
+        threshold (float, optional): in [0, 1]. Default: 0.5.
 
     Returns:
         Tensor[N]: float64. 0 when no pixel reaches the threshold (no box is predicted); NaN
         when that happens and the ground-truth box has no area either.
     """
-    maps = _as_maps(maps)
+    maps = _as_unit_maps(maps)
     boxes = _as_boxes(boxes, maps.shape[0]).double()
     threshold = _check_threshold(threshold)
     pred, found = _mask_boxes(maps >= threshold)
@@ -272,15 +306,23 @@ def mass_outside(maps: Tensor, masks: Tensor, threshold: float | None = None) ->
     """How much of the map lies outside the mask.
 
     - ``threshold=None``: the share of the positive mass outside, ``1 − relevance_mass``;
-    - a threshold: the share of salient pixels (``map >= threshold``) that lie outside the mask.
-      With the ground-truth box as the mask this is the reference code's "false discovery
-      rate" of a mask (cvjena/fido-pytorch).
+    - a threshold: the share of the salient pixels (``map >= threshold``) that lie outside the
+      mask, ``|S \\ M| / |S|``: with the mask as the positives this is the **false discovery
+      rate** of the salient set, ``FP / (TP + FP)``.
+
+    The SCD reference code (``fido.metrics.fdr`` in cvjena/fido-pytorch) reports a different
+    number under the name "fdr": the salient pixels outside the ground-truth box divided by the
+    **pixels outside the box**, ``|S \\ M| / |¬M| = FP / (FP + TN)`` (a false-positive rate).
+    It also thresholds at the map's mean when no pixel exceeds the threshold, and returns 0 when
+    nothing is salient or the box covers the image. The two agree only when ``|S| = |¬M|`` or
+    no salient pixel lies outside.
 
     Args:
-        maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): attribution maps.
+        maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): attribution maps; in [0, 1] when a
+            threshold is given (others are rejected), any finite map otherwise.
         masks (BoolTensor[N, H, W] or Tensor[N, 1, H, W]): ground-truth masks (see
             :func:`box_masks` for boxes).
-        threshold (float, optional): Default: None (mass).
+        threshold (float, optional): in [0, 1]. Default: None (mass).
 
     Returns:
         Tensor[N]: in [0, 1] (float64); NaN when the map has no positive mass
@@ -288,7 +330,7 @@ def mass_outside(maps: Tensor, masks: Tensor, threshold: float | None = None) ->
     """
     if threshold is None:
         return 1 - relevance_mass(maps, masks)
-    maps = _as_maps(maps)
+    maps = _as_unit_maps(maps)
     masks = _as_masks(masks)
     _same_shape(maps, masks, "masks")
     salient = (maps >= _check_threshold(threshold)).flatten(1)
@@ -300,17 +342,17 @@ def mass_outside(maps: Tensor, masks: Tensor, threshold: float | None = None) ->
 def normalize_maps(maps: Tensor) -> Tensor:
     """Per-map min–max scaling to [0, 1]: ``(m − min m) / (max m − min m)``.
 
+    The package's one normalisation (:func:`fidobook._maps.min_max`; Grad-CAM and
+    :func:`fidobook.overmap.overlap_iou` use it too), computed in the maps' dtype.
+
     Args:
-        maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): float maps.
+        maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): float, finite maps.
 
     Returns:
-        Tensor[N, H, W]: a constant map becomes all zeros.
+        Tensor[N, H, W]: a constant map (no location) becomes all zeros; every other map has
+        minimum 0 and maximum 1.
     """
-    maps = _as_maps(maps)
-    lo = maps.amin(dim=(1, 2), keepdim=True)
-    span = maps.amax(dim=(1, 2), keepdim=True) - lo
-    return torch.where(span > 0, (maps - lo) / span.clamp(min=torch.finfo(maps.dtype).tiny),
-                       torch.zeros_like(maps))
+    return _maps.min_max(_as_maps(maps))
 
 
 def part_union_masks(part_masks: Tensor, parts: Tensor) -> Tensor:
@@ -357,7 +399,9 @@ def deletion_curve(model: nn.Module, images: Tensor, maps: Tensor, targets=None,
 
     Args:
         model (nn.Module): images in [0, 1] → logits ``Tensor[N, K]``.
-        images (Tensor[N, C, H, W]): images in [0, 1], on the model's device.
+        images (Tensor[N, C, H, W]): images in [0, 1], on the model's device, with the model's
+            channels (``model.in_channels`` when it declares them) and its parameters' dtype
+            (checked; images that require grad are detached).
         maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): attribution maps at image resolution.
         targets: int, sequence, ``LongTensor[N]``, or ``None`` (the prediction on the image).
         steps (int, optional): curve points minus one. Default: 16.
@@ -392,7 +436,8 @@ def insertion_curve(model: nn.Module, images: Tensor, maps: Tensor, targets=None
 def _perturbation_curve(model, images, maps, targets, steps, infill, max_batch, *, insert: bool) -> Tensor:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    _checks.check_images(images, channels=getattr(model, "in_channels", None))
+    # Channels against model.in_channels, dtype against the parameters; a graph is detached.
+    images = _checks.check_model_inputs(images, model)
     n, c, h, w = images.shape
     maps = _as_maps(maps)
     if maps.shape != (n, h, w):
@@ -497,22 +542,28 @@ def score_maps(maps: Tensor, *, objects: Tensor | None = None, part_masks: Tenso
     - always: ``tv`` (:func:`normalized_tv`).
 
     Pointing-game hits are 1.0 / 0.0, NaN for an empty mask. Thresholds apply to the maps as
-    given: pass maps in [0, 1] (FIDO's masks, or :func:`normalize_maps`).
+    given, so the maps must lie in [0, 1] (FIDO's masks, or :func:`normalize_maps`); other maps
+    are rejected. ``objects`` must be a binary mask by the package's one rule (module docstring):
+    part labels passed as ``objects`` are rejected (pass them as ``part_masks`` with ``parts``).
 
     Args:
-        maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): attribution maps at image resolution.
-        objects (Tensor[N, H, W], optional): object segmentations (e.g. ``segmentations`` of
-            :func:`fidobook.data.load_tensors`, uint8 0/255 with a channel of 1).
-        part_masks (Tensor[N, H, W], optional): part labels.
+        maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): attribution maps in [0, 1] at image
+            resolution.
+        objects (Tensor[N, H, W], optional): object segmentations: bool, integer 0/1 or 0/255
+            (e.g. ``segmentations`` of :func:`fidobook.data.load_tensors` at their stored size,
+            uint8 0/255 with a channel of 1), or float in [0, 1].
+        part_masks (Tensor[N, H, W], optional): integer part labels.
         parts (BoolTensor[N, 5], optional): the part types that count, per image.
         boxes (Tensor[N, 4], optional): ground-truth boxes, ``xyxy`` pixel edges.
-        threshold (float, optional): binarisation threshold. Default: 0.5.
-        tolerance (int, optional): pointing-game tolerance in pixels. Default: 0.
+        threshold (float, optional): binarisation threshold, in [0, 1]. Default: 0.5.
+        tolerance (int, optional): pointing-game tolerance in pixels (Chebyshev, see
+            :func:`pointing_game`). Default: 0.
 
     Returns:
         dict[str, Tensor[N]].
     """
-    maps = _as_maps(maps)
+    maps = _as_unit_maps(maps)
+    threshold = _check_threshold(threshold)
     n, h, w = maps.shape
     out: dict[str, Tensor] = {}
 
@@ -526,6 +577,8 @@ def score_maps(maps: Tensor, *, objects: Tensor | None = None, part_masks: Tenso
         objects = _as_masks(objects, "objects")
         _same_shape(maps, objects, "objects")
         localise("object", objects)
+        # map_iou is NaN only when both are empty; score_maps leaves every score against an
+        # empty ground truth undefined, the IoU included.
         out["iou_object"] = _nan_where(map_iou(maps, objects, threshold), ~objects.flatten(1).any(1))
     if (part_masks is None) != (parts is None):
         missing = "parts" if parts is None else "part_masks"

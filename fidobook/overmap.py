@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import _checks
+from . import _checks, _maps
 from .models.cnn import mc_dropout
 from .stats import bootstrap_indices, percentile_interval
 
@@ -67,10 +67,16 @@ def _as_tensor(x, name: str) -> Tensor:
     """A tensor from a Tensor, an ndarray or a sequence; anything else is a TypeError."""
     if isinstance(x, Tensor):
         return x
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    if isinstance(x, (list, tuple)):
-        return torch.as_tensor(np.asarray(x))
+    if isinstance(x, (np.ndarray, list, tuple)):
+        try:
+            array = np.asarray(x)
+        except ValueError as err:  # ragged nesting
+            raise ValueError(f"{name}: expected a flat sequence of numbers, got a ragged one "
+                             f"({err})") from None
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: expected numbers (or booleans), got an array of "
+                            f"{array.dtype} values")
+        return torch.from_numpy(np.ascontiguousarray(array))
     raise TypeError(f"{name}: expected a Tensor, a numpy array or a sequence, got {type(x).__name__}")
 
 
@@ -134,23 +140,6 @@ def _as_labels(labels, n: int, num_classes: int, name: str = "labels") -> Tensor
 # Overlap scores
 # --------------------------------------------------------------------------------------------
 
-def _as_masks(masks, name: str) -> Tensor:
-    """``BoolTensor[N, H, W]`` from bool, integer (uint8 0/1 or 0/255: non-zero = in) or float
-    in [0, 1] (>= 0.5 = in) masks, as in :mod:`fidobook.metrics`."""
-    m = _checks.squeeze_channel(_checks.check_tensor(masks, name), name, non_empty=True)
-    if m.dtype == torch.bool:
-        return m
-    if m.is_floating_point():
-        _checks.check_finite(m, name)
-        if float(m.min()) < 0 or float(m.max()) > 1:
-            raise ValueError(f"{name}: expected float values in [0, 1], got range "
-                             f"[{float(m.min()):.4g}, {float(m.max()):.4g}]")
-        return m >= 0.5
-    if m.is_complex():
-        raise TypeError(f"{name}: expected a bool, integer or float mask, got dtype {m.dtype}")
-    return m != 0
-
-
 def _overlap_inputs(maps, segmentations, available):
     """Checked ``(maps Tensor[N, H, W], masks BoolTensor[N, H, W], available BoolTensor[N])``."""
     if available is None and hasattr(segmentations, "available") and hasattr(segmentations, "masks"):
@@ -162,7 +151,7 @@ def _overlap_inputs(maps, segmentations, available):
     if float(maps.min()) < 0:
         raise ValueError(f"maps: expected non-negative values (higher = more relevant), got a "
                          f"minimum of {float(maps.min()):.4g}")
-    masks = _as_masks(segmentations, "segmentations").to(maps.device)
+    masks = _maps.as_masks(segmentations, "segmentations", non_empty=True).to(maps.device)
     if masks.shape != maps.shape:
         raise ValueError(f"segmentations: expected the maps' shape {tuple(maps.shape)}, got "
                          f"{tuple(masks.shape)}")
@@ -188,9 +177,10 @@ def overlap_mass(maps: Tensor, segmentations, available: Tensor | None = None) -
     Args:
         maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): non-negative attention or attribution maps
             at the segmentation's resolution.
-        segmentations (Tensor[N, H, W] or Tensor[N, 1, H, W]): object masks; bool, integer
-            (uint8 0/1 or 0/255: non-zero = in) or float in [0, 1] (>= 0.5 = in). A ``Segmentation`` (with
-            ``masks`` and ``available``) is accepted too.
+        segmentations (Tensor[N, H, W] or Tensor[N, 1, H, W]): object masks by the package's
+            one rule (:mod:`fidobook._maps`): bool; integer 0/1 or 0/255 (non-zero = in; other
+            values, e.g. part labels, are an error); float in [0, 1] (>= 0.5 = in). A
+            ``Segmentation`` (with ``masks`` and ``available``) is accepted too.
         available (BoolTensor[N], optional): whether each segmentation succeeded. Default: all
             (or the ``Segmentation``'s own flags).
 
@@ -214,12 +204,19 @@ def overlap_mass(maps: Tensor, segmentations, available: Tensor | None = None) -
 
 def overlap_iou(maps: Tensor, segmentations, threshold: float = 0.5,
                 available: Tensor | None = None, *, normalize: bool = True) -> Tensor:
-    """IoU between the thresholded map and the segmentation; 0 where not available.
+    """IoU between the thresholded map and the segmentation, with Over-MAP's "not available = 0".
 
-    Each map is first min-max normalised to [0, 1] (``normalize=True``: the threshold is then a
-    share of the map's own range, as for a Grad-CAM map; a constant map gives an empty region),
-    then ``region = map >= threshold`` and ``iou = |region ∩ seg| / |region ∪ seg|`` (0 when both
-    are empty).
+    Each map is first min-max normalised to [0, 1] (``normalize=True``, the package's one
+    normalisation, :func:`fidobook.metrics.normalize_maps`: the threshold is then a share of the
+    map's own range, as for a Grad-CAM map; a constant map becomes zeros, an empty region), then
+    ``region = map >= threshold`` and the IoU of ``region`` and the segmentation is the
+    package's one IoU (:func:`fidobook._maps.iou`, as :func:`fidobook.metrics.map_iou` and
+    :func:`fidobook.models.mask_iou`), which is undefined (NaN) when both are empty.
+
+    Over-MAP's policy is applied on top of it, because a confidence must be a number for every
+    prediction: the score is **0** where the segmentation is not available (the paper's rule: no
+    mask, no estimate, lowest confidence) and where the IoU is undefined (an empty region and an
+    empty segmentation: the attention marks no place on no object, which is no evidence either).
 
     Args:
         maps (Tensor[N, H, W] or Tensor[N, 1, H, W]): non-negative maps.
@@ -234,20 +231,13 @@ def overlap_iou(maps: Tensor, segmentations, threshold: float = 0.5,
     threshold = _checks.check_positive_float(threshold, "threshold")
     if threshold > 1:
         raise ValueError(f"threshold: expected a value in (0, 1], got {threshold}")
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize: expected a bool, got {normalize!r}")
     maps, masks, available = _overlap_inputs(maps, segmentations, available)
-    values = maps.flatten(1).double()  # (N, H*W)
     if normalize:
-        lo = values.min(1, keepdim=True).values
-        span = values.max(1, keepdim=True).values - lo
-        # A constant map carries no location: zeros, so its region is empty.
-        values = torch.where(span > 0, (values - lo) / span.clamp_min(1e-300),
-                             torch.zeros_like(values))
-    region = values >= threshold  # (N, H*W)
-    seg = masks.flatten(1)
-    inter = (region & seg).sum(1).double()
-    union = (region | seg).sum(1).double()
-    iou = inter / union.clamp_min(1)
-    return torch.where(available, iou, torch.zeros_like(iou))
+        maps = _maps.min_max(maps)
+    iou = _maps.iou(maps >= threshold, masks)  # (N,) NaN where both are empty
+    return torch.where(available & ~torch.isnan(iou), iou, torch.zeros_like(iou))
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,6 +354,15 @@ def aurc(confidence, correct) -> float:
     :func:`risk_coverage`. Lower is better; it mixes the ranking quality with the model's error
     rate (see :func:`e_aurc`, :func:`augrc`).
 
+    This is the mean of the risk over the ``n`` coverages, not a trapezoid. The AUGRC paper's
+    code (``RiskCoverageStats.aurc`` in IML-DKFZ/fd-shifts) integrates with the trapezoid rule
+    over the points at the ends of tie blocks plus ``(0, r(1/n))`` (the first risk held down to
+    coverage 0). Without ties the two differ by exactly
+    ``AURC − AURC_trapezoid = (r(1) − r(1/n)) / (2n)``, where ``r(1)`` is the error rate and
+    ``r(1/n)`` is 1 if the most confident prediction is wrong, else 0. With ties there is no
+    closed form (that code interpolates the risk linearly between block ends; here every
+    coverage gets its expected risk).
+
     Args:
         confidence (Tensor[N] or ndarray[N]), correct (BoolTensor[N]): as for
             :func:`risk_coverage`.
@@ -398,8 +397,20 @@ def augrc(confidence, correct) -> float:
 
     The generalized risk at coverage ``k/n`` counts the accepted *and* wrong predictions over
     **all** ``n`` samples: ``g(k/n) = errors among the k most confident / n``, and
-    ``AUGRC = (1/n) Σ_k g(k/n)``. Unlike the selective risk it does not blow up a few early
-    errors at low coverage. Lower is better. Ties as in :func:`risk_coverage`.
+    ``AUGRC = (1/n) Σ_{k=1}^{n} g(k/n)``. Unlike the selective risk it does not blow up a few
+    early errors at low coverage. Lower is better. Ties as in :func:`risk_coverage`.
+
+    This is the mean of ``g`` over the ``n`` coverages. The paper's own code
+    (``RiskCoverageStats.augrc`` in IML-DKFZ/fd-shifts) integrates instead with the trapezoid rule
+    over the points at the ends of tie blocks plus ``(0, 0)``. The two differ by exactly half a
+    step of the last point::
+
+        AUGRC − AUGRC_trapezoid = g(1) / (2n) = err / (2n),    err = (wrong predictions) / n
+
+    with or without ties: within a tie block the expected errors here grow linearly, which is the
+    trapezoid's linear interpolation, and a right-endpoint sum of a piecewise-linear curve on the
+    grid ``k/n`` exceeds its integral by ``(g(1) − g(0)) / (2n)``. The difference vanishes as
+    ``n`` grows (0.0005 at ``n = 100`` and 10 % errors); subtract it to compare with that code.
 
     Args:
         confidence (Tensor[N] or ndarray[N]), correct (BoolTensor[N]): as for
@@ -550,6 +561,38 @@ def accept_order(confidence, *, generator: torch.Generator | int | None = None) 
     return shuffle[torch.argsort(conf[shuffle], descending=True, stable=True)]
 
 
+def _sequence(values, name: str, what: str) -> list:
+    """A non-empty list from a sequence (not a string, not a scalar)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, Tensor)):
+        raise TypeError(f"{name}: expected a sequence of {what}, got {type(values).__name__}")
+    values = values.tolist() if isinstance(values, (np.ndarray, Tensor)) else list(values)
+    if not values:
+        raise ValueError(f"{name}: expected a non-empty sequence of {what}, got an empty one")
+    return values
+
+
+def _check_rates(rates) -> list[float]:
+    rates = _sequence(rates, "rates", "rejection rates in [0, 1]")
+    for r in rates:
+        if isinstance(r, bool) or not isinstance(r, (int, float)):
+            raise TypeError(f"rates: expected rejection rates in [0, 1] (numbers), got {r!r}")
+    if any(not (0.0 <= r <= 1.0) for r in rates):  # NaN fails too
+        raise ValueError(f"rates: expected rejection rates in [0, 1], got {rates}")
+    return [float(r) for r in rates]
+
+
+def _check_ks(ks, num_classes: int) -> tuple[int, ...]:
+    ks = _sequence(ks, "ks", f"ints in [1, {num_classes}] (the k of the top-k columns)")
+    for k in ks:
+        _checks.check_positive_int(k, "ks")
+        if k > num_classes:
+            raise ValueError(f"ks: expected values in [1, {num_classes}] (the number of classes), "
+                             f"got {k}")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"ks: expected distinct values (one top-k column each), got {ks}")
+    return tuple(ks)
+
+
 def rejection_table(confidence, logits, labels, rates: Sequence[float] = REJECTION_RATES, *,
                     ks: Sequence[int] = (1, 3),
                     generator: torch.Generator | int | None = None) -> list[dict]:
@@ -567,9 +610,10 @@ def rejection_table(confidence, logits, labels, rates: Sequence[float] = REJECTI
         confidence (Tensor[N] or ndarray[N]): higher = more certain; no NaN.
         logits (Tensor[N, K]): the classifier's scores (top-k is read from them).
         labels (LongTensor[N]): true classes in ``[-1, K)``.
-        rates (sequence of float, optional): rejection rates in [0, 1]. Default:
+        rates (sequence of float, optional): rejection rates in [0, 1], at least one. Default:
             :data:`REJECTION_RATES`.
-        ks (sequence of int, optional): the k of the top-k columns. Default: (1, 3).
+        ks (sequence of int, optional): the k of the top-k columns: at least one, distinct,
+            each in ``[1, K]``. Default: (1, 3).
         generator (torch.Generator or int, optional): breaks ties at random (see
             :func:`accept_order`); None: by input order. Default: None.
 
@@ -585,12 +629,8 @@ def rejection_table(confidence, logits, labels, rates: Sequence[float] = REJECTI
     if logits.shape[0] != n:
         raise ValueError(f"logits: expected {n} rows (one per confidence), got {logits.shape[0]}")
     labels = _as_labels(labels, n, logits.shape[1]).to(logits.device)
-    rates = [float(r) for r in rates]
-    if not rates or any(not (0.0 <= r <= 1.0) for r in rates):
-        raise ValueError(f"rates: expected rejection rates in [0, 1], got {rates}")
-    ks = tuple(ks)
-    for k in ks:
-        _checks.check_positive_int(k, "ks")
+    rates = _check_rates(rates)
+    ks = _check_ks(ks, logits.shape[1])
     order = accept_order(conf, generator=generator)  # accepted first
     hits = torch.stack([topk_correct(logits, labels, k).cpu() for k in ks])[:, order]  # (J, N)
     groups = torch.unique(labels.cpu(), return_inverse=True)[1][order]  # (N,) group ids

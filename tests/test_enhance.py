@@ -71,6 +71,17 @@ class TestBoxFromMask:
         m[0, 2:5, 1:3] = True
         assert box_from_mask(convert(m)).tolist() == [[1.0, 2.0, 3.0, 5.0]]
 
+    def test_the_one_mask_rule_at_its_edges(self):
+        m = torch.zeros(1, 4, 4)
+        m[0, 1, 2] = 0.5  # exactly the threshold: in (>= 0.5, as everywhere in the package)
+        assert box_from_mask(m).tolist() == [[2.0, 1.0, 3.0, 2.0]]
+        labels = torch.zeros(1, 4, 4, dtype=torch.uint8)
+        labels[0, 1, 1], labels[0, 2, 2] = 3, 7  # part labels are not a mask
+        with pytest.raises(ValueError, match="masks: expected a binary integer mask"):
+            box_from_mask(labels)
+        with pytest.raises(ValueError, match=r"masks: expected float masks in \[0, 1\]"):
+            box_from_mask(m * 3)
+
     def test_rejects_bad_shapes(self):
         with pytest.raises(ValueError, match="masks"):
             box_from_mask(torch.zeros(4, 4, dtype=torch.bool))
@@ -217,8 +228,14 @@ class TestRandomBoxesLike:
         assert len({tuple(r) for r in a.tolist()}) == 8
 
     def test_too_large_is_cut_to_the_image(self):
-        out = random_boxes_like(torch.tensor([[0.0, 0.0, 50.0, 5.0]]), 10, 20)
-        assert out[0, 0] == 0 and out[0, 2] == 20 and out[0, 3] - out[0, 1] == 5
+        # (a seeded draw: with the global RNG, y1 − y0 == 5 held or not by float rounding,
+        # depending on which tests ran before)
+        for seed in range(5):
+            out = random_boxes_like(torch.tensor([[0.0, 0.0, 50.0, 5.0]]), 10, 20,
+                                    torch.Generator().manual_seed(seed))
+            assert out[0, 0] == 0 and out[0, 2] == 20
+            assert float(out[0, 3] - out[0, 1]) == pytest.approx(5, abs=1e-5)
+            assert 0 <= out[0, 1] and out[0, 3] <= 10
 
     def test_rejects_bad_generator(self):
         with pytest.raises(TypeError, match="generator"):
@@ -332,6 +349,34 @@ class TestPairedAccuracy:
 
 
 class TestGaussian:
+    def test_is_the_infills_blur(self):
+        from fidobook.enhance import _gaussian
+        from fidobook.infill import blur_sigma, infill
+
+        x = torch.rand((2, 3, 32, 28), generator=torch.Generator().manual_seed(4))
+        assert torch.equal(infill(x, "blur"), _gaussian(x, blur_sigma(28)).clamp(0, 1))
+
+    def test_closer_to_float64_than_the_convolution(self):
+        from torchvision.transforms.v2 import functional as TF
+
+        from fidobook.enhance import _gaussian
+        x = torch.rand((2, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+        sigma, k = 2.86, 19
+        exact = _gaussian(x.double(), sigma)
+        conv = TF.gaussian_blur(x, kernel_size=[k, k], sigma=[sigma, sigma])
+        ours = (_gaussian(x, sigma).double() - exact).abs().max()
+        assert ours < 5e-7 and ours < (conv.double() - exact).abs().max()
+
+    def test_degenerate_sizes_and_sigma(self):
+        from fidobook.enhance import _gaussian
+        x = torch.rand((1, 1, 2, 9))
+        assert _gaussian(x, 3.0) is x  # a 2-pixel side: no 3-tap kernel fits
+        assert _gaussian(x, 0.0) is x
+        y = torch.rand((1, 1, 3, 3))
+        torch.testing.assert_close(_gaussian(torch.full((1, 1, 3, 3), 0.25), 50.0),
+                                   torch.full((1, 1, 3, 3), 0.25))  # kernel cut to 3 taps
+        assert not torch.equal(_gaussian(y, 50.0), y)
+
     @pytest.mark.parametrize("shape, sigma", [((2, 3, 16, 20), 1.5), ((1, 1, 9, 9), 4.0),
                                               ((1, 3, 64, 64), 2.86)])
     def test_equals_torchvision_gaussian_blur(self, shape, sigma):

@@ -47,6 +47,27 @@ class TestInfill:
         assert tv(blurred) < 0.1 * tv(x)
         assert torch.allclose(blurred.mean(), x.mean(), atol=0.02)  # reflect padding ~ preserves the mean
 
+    def test_blur_matches_torchvision_and_stays_in_range(self):
+        from torchvision.transforms.v2 import functional as TF
+
+        x = images(2, 64)
+        sigma = blur_sigma(64)
+        k = 2 * math.ceil(3 * sigma) + 1  # 19 taps: the kernel rule, unchanged
+        reference = TF.gaussian_blur(x, kernel_size=[k, k], sigma=[sigma, sigma])  # the old infill
+        torch.testing.assert_close(infill(x, "blur"), reference, atol=2e-6, rtol=0)
+        ones = torch.ones(1, 3, 31, 31)
+        blurred = infill(ones, "blur")  # the float32 sums round to 1 ± 1e-7: clamped into [0, 1]
+        assert float(blurred.max()) <= 1.0 and torch.allclose(blurred, ones, atol=1e-6, rtol=0)
+        small = images(1, 2)  # a 2-pixel image: nothing to blur
+        assert torch.equal(infill(small, "blur"), small)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_blur_of_a_batch_is_the_blur_of_each_image(self, dtype):
+        x = images(5, 48).to(dtype)  # FIDO fits images in batches: no batch-size dependence
+        batch = infill(x, "blur")
+        for i in range(5):
+            assert torch.equal(batch[i], infill(x[i : i + 1], "blur")[0])
+
     def test_knockoff_permutes_patches(self):
         x = images(2, 32)
         out = infill(x, "knockoff", generator=torch.Generator().manual_seed(3))

@@ -98,6 +98,29 @@ class TestPointingGame:
             pointing_game(at(0, 0), at(0, 0).bool(), tolerance=-1)
 
 
+class TestPointingGameTolerance:
+    def test_the_tolerance_is_a_chebyshev_square_not_a_disc(self):
+        mask = torch.zeros(1, 5, 5, dtype=torch.bool)
+        mask[0, 3, 3] = True  # diagonal neighbour of the point (2, 2): Chebyshev 1, Euclid √2
+        maps = at(2, 2, 5, 5)
+        assert pointing_game(maps, mask, tolerance=1).tolist() == [True]
+        # TorchRay's disc (Euclidean distance < tolerance) would need tolerance 2 = ⌊1·√2⌋ + 1
+        assert pointing_game(maps, mask, tolerance=0).tolist() == [False]
+
+    def test_matches_a_slow_reference(self):
+        g = torch.Generator().manual_seed(5)
+        maps = torch.rand(8, 7, 6, generator=g)
+        masks = torch.rand(8, 7, 6, generator=g) < 0.08
+        for tol in (0, 1, 2):
+            got = pointing_game(maps, masks, tolerance=tol)
+            for n in range(8):
+                p = int(maps[n].flatten().argmax())
+                py, px = divmod(p, 6)
+                hit = any(bool(masks[n, y, x]) and max(abs(y - py), abs(x - px)) <= tol
+                          for y in range(7) for x in range(6))
+                assert bool(got[n]) == hit
+
+
 class TestMapIou:
     def test_hand_computed(self):
         maps = t([[0.6, 0.5], [0.4, 0.9]])  # >= 0.5: pixels 0, 1, 3
@@ -108,6 +131,16 @@ class TestMapIou:
         maps = torch.full((2, 2, 2), 0.1)
         masks = torch.stack([torch.zeros(2, 2), torch.ones(2, 2)]).bool()
         close(map_iou(maps, masks), [NAN, 0.0])
+        close(map_iou(torch.ones(1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.bool)), [0.0])  # full vs empty
+
+    def test_threshold_in_unit_interval(self):
+        maps, masks = torch.rand(1, 2, 2), torch.ones(1, 2, 2, dtype=torch.bool)
+        for bad in (-0.1, 1.5, NAN):
+            with pytest.raises(ValueError, match=r"threshold: expected a number in \[0, 1\]"):
+                map_iou(maps, masks, threshold=bad)
+        with pytest.raises(TypeError, match="threshold"):
+            map_iou(maps, masks, threshold=True)
+        close(map_iou(maps, masks, threshold=0), [1.0])  # every pixel is salient
 
 
 class TestBoxes:
@@ -119,6 +152,14 @@ class TestBoxes:
         maps = at(1, 1) + at(2, 2)  # box of the salient pixels: x 1..3, y 1..3 (area 4)
         close(box_iou(maps, torch.tensor([[2.0, 2.0, 4.0, 4.0]])), [1 / 7])  # inter 1, union 7
         close(box_iou(maps, torch.tensor([[1.0, 1.0, 3.0, 3.0]])), [1.0])
+
+    def test_box_iou_has_no_smoothing_and_no_minimum_box(self):
+        # one salient pixel on a 40x40 map: its own 1x1 box (the SCD reference code would smooth
+        # the map and grow the box to at least 32 px, giving an IoU of about 1/1024 here)
+        maps = at(5, 7, 40, 40)
+        close(box_iou(maps, torch.tensor([[7.0, 5.0, 8.0, 6.0]])), [1.0])
+        maps[0, 5, 8] = 0.5  # exactly the threshold counts: the box grows by one pixel
+        close(box_iou(maps, torch.tensor([[7.0, 5.0, 8.0, 6.0]])), [0.5])
 
     def test_box_iou_without_salient_pixels(self):
         maps = torch.zeros(2, 4, 4)
@@ -155,11 +196,32 @@ class TestMassOutside:
     def test_no_salient_pixel_is_nan(self):
         close(mass_outside(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), threshold=0.5), [NAN])
 
+    def test_divides_by_the_salient_pixels_not_by_the_pixels_outside(self):
+        # 4x4 image, box = the left half (8 px); salient: 2 px inside and 1 px outside the box.
+        maps = at(0, 0) + at(1, 1) + at(0, 3)
+        box = box_masks(torch.tensor([[0.0, 0.0, 2.0, 4.0]]), 4, 4)
+        close(mass_outside(maps, box, threshold=0.5), [1 / 3])  # FP / (TP + FP): 1 of 3 salient
+        # fido-pytorch's "fdr" would be FP / (pixels outside the box) = 1 / 8: not this number
+        assert float(mass_outside(maps, box, threshold=0.5)) != pytest.approx(1 / 8)
+
 
 class TestNormalizeAndTv:
     def test_normalize(self):
         got = normalize_maps(torch.stack([torch.tensor([[1.0, 3.0], [2.0, 5.0]]), torch.full((2, 2), 7.0)]))
         assert torch.equal(got, torch.tensor([[[0.0, 0.5], [0.25, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]))
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_all_equal_maps_become_zeros(self, dtype):
+        for value in (0.0, -3.0, 1e30):
+            got = normalize_maps(torch.full((2, 1, 3, 3), value, dtype=dtype))
+            assert got.dtype == dtype and torch.equal(got, torch.zeros(2, 3, 3, dtype=dtype))
+
+    def test_min_zero_max_one_and_an_overflowing_range(self):
+        g = torch.Generator().manual_seed(0)
+        got = normalize_maps(torch.randn(4, 5, 6, generator=g) * 1e3)
+        assert torch.equal(got.amin((1, 2)), torch.zeros(4)) and torch.equal(got.amax((1, 2)), torch.ones(4))
+        big = torch.tensor([[[-3e38, 0.0], [3e38, 1.5e38]]])  # max − min overflows float32
+        torch.testing.assert_close(normalize_maps(big), torch.tensor([[[0.0, 0.5], [1.0, 0.75]]]))
 
     def test_normalized_tv_hand_computed(self):
         close(normalized_tv(t([[0.0, 1.0], [1.0, 1.0]])), [2 / 4])  # TV 2 over 4 pairs
@@ -272,6 +334,22 @@ class TestDeletionInsertion:
         with pytest.raises(TypeError, match="model"):
             deletion_curve(lambda x: x, IMAGE, RANK_MAP, 0)
 
+    def test_images_are_checked_against_the_model(self):
+        m = SumModel()
+        with pytest.raises(TypeError, match=r"images: expected dtype torch.float32 \(the model's"):
+            deletion_curve(m, IMAGE.double(), RANK_MAP, 0)
+        with pytest.raises(TypeError, match="images: expected dtype"):
+            insertion_curve(m, IMAGE.double(), RANK_MAP, 0)
+        with pytest.raises(ValueError, match="images: expected 1 channels"):
+            insertion_curve(m, IMAGE.expand(1, 2, 2, 2), RANK_MAP, 0)
+        with pytest.raises(ValueError, match=r"images: expected values in \[0, 1\]"):
+            deletion_curve(m, IMAGE * 5, RANK_MAP, 0)
+        # images that require grad are detached (documented cast), not an autograd error
+        graph = IMAGE.clone().requires_grad_()
+        got = deletion_curve(m, graph, RANK_MAP, 0, steps=4, infill="zeros")
+        assert not got.requires_grad
+        close(got, deletion_curve(m, IMAGE, RANK_MAP, 0, steps=4, infill="zeros").tolist())
+
 
 class TestCurveAuc:
     def test_trapezoid(self):
@@ -312,6 +390,29 @@ class TestScoreMaps:
         close(got["tv"], normalized_tv(maps).tolist())
         assert all(v.shape == (2,) and v.dtype == torch.float64 for v in got.values())
 
+    def test_rejects_maps_outside_the_unit_interval(self):
+        objects = torch.ones(1, 3, 3, dtype=torch.bool)
+        for maps in (torch.full((1, 3, 3), 1.5), torch.full((1, 3, 3), -0.5)):
+            with pytest.raises(ValueError, match=r"maps: expected values in \[0, 1\].*normalize_maps"):
+                score_maps(maps, objects=objects)
+            with pytest.raises(ValueError, match=r"maps: expected values in \[0, 1\]"):
+                score_maps(maps)  # even for the TV alone: every threshold would be meaningless
+        with pytest.raises(ValueError, match="threshold"):
+            score_maps(torch.rand(1, 3, 3), objects=objects, threshold=2.0)
+        score_maps(torch.tensor([[[0.0, 1.0, 0.5]]]), objects=torch.ones(1, 1, 3, dtype=torch.bool))  # edges ok
+
+    def test_rejects_part_labels_where_a_mask_is_expected(self):
+        labels = torch.zeros(1, 3, 3, dtype=torch.uint8)
+        labels[0, 1, 1] = PART_NAMES.index("wing")
+        labels[0, 0, 0] = PART_NAMES.index("beak")
+        with pytest.raises(ValueError, match="objects: expected a binary integer mask.*part_union_masks"):
+            score_maps(torch.rand(1, 3, 3), objects=labels)
+        with pytest.raises(ValueError, match="objects: expected a binary integer mask"):
+            score_maps(torch.rand(1, 3, 3), objects=labels.long()[:, None])
+        grey = torch.tensor([[[0, 128, 255]]], dtype=torch.uint8)  # a resized 0/255 mask
+        with pytest.raises(ValueError, match="objects: .*grey levels need a threshold"):
+            score_maps(torch.rand(1, 1, 3), objects=grey)
+
     def test_only_tv_without_ground_truth(self):
         assert list(score_maps(torch.rand(2, 3, 3))) == ["tv"]
 
@@ -340,3 +441,84 @@ class TestBadMapsAndMasks:
             fn(maps, torch.full((2, 3, 3), NAN))
         with pytest.raises(TypeError, match="masks: expected a torch.Tensor"):
             fn(maps, [[1]])
+
+
+class TestThresholdedScoresNeedUnitMaps:
+    @pytest.mark.parametrize("fn", [map_iou, lambda m, k: mass_outside(m, k, threshold=0.5),
+                                    lambda m, k: box_iou(m, torch.tensor([[0.0, 0.0, 1.0, 1.0]]))])
+    def test_maps_outside_the_unit_interval_are_rejected(self, fn):
+        masks = torch.ones(1, 2, 2, dtype=torch.bool)
+        with pytest.raises(ValueError, match=r"maps: expected values in \[0, 1\]"):
+            fn(torch.tensor([[[0.0, 2.0], [0.5, 0.1]]]), masks)
+        with pytest.raises(ValueError, match=r"maps: expected values in \[0, 1\]"):
+            fn(torch.tensor([[[0.0, -0.1], [0.5, 0.1]]]), masks)
+
+    def test_scale_free_scores_take_any_map(self):
+        signed = t([[-2.0, 3.0], [1.0, -1.0]])
+        mask = t([[0, 1], [0, 0]], torch.bool)
+        close(relevance_mass(signed, mask), [3 / 4])  # the positive part
+        close(relevance_rank(signed, mask), [1.0])
+        assert pointing_game(signed * 100, mask).tolist() == [True]
+        close(mass_outside(signed, mask), [1 / 4])  # the mass form has no threshold
+
+
+class TestOneRulePerConcept:
+    """The same input gives the same answer whichever module is asked (fidobook._maps)."""
+
+    FORMS = (lambda m: m, lambda m: m.to(torch.uint8), lambda m: m.to(torch.uint8) * 255,
+             lambda m: m.long(), lambda m: m.float(), lambda m: 0.5 + 0.5 * m.float(),
+             lambda m: m[:, None])
+
+    @pytest.mark.parametrize("form", range(7))
+    def test_one_mask_conversion(self, form):
+        from fidobook import enhance, metrics, overmap
+        from fidobook.models import as_masks
+
+        base = torch.rand(3, 5, 4, generator=torch.Generator().manual_seed(form)) < 0.5
+        m = self.FORMS[form](base)
+        want = base if form != 5 else torch.ones_like(base)  # 0.5 is in: >= 0.5
+        assert torch.equal(metrics._as_masks(m), want)
+        assert torch.equal(enhance._masks(m), want)
+        assert torch.equal(as_masks(m), want)
+        # overmap: the mass of a uniform map inside the mask is the mask's share of the image
+        got = overmap.overlap_mass(torch.ones(3, 5, 4), m)
+        torch.testing.assert_close(got, want.flatten(1).double().mean(1))
+
+    def test_one_iou_and_the_overmap_policy_on_top(self):
+        from fidobook.models import mask_iou
+        from fidobook.overmap import overlap_iou
+
+        maps = torch.tensor([[[0.9, 0.1], [0.7, 0.2]],   # region {0, 2}
+                             [[0.1, 0.1], [0.1, 0.1]],   # empty region
+                             [[0.1, 0.2], [0.3, 0.4]],   # empty region
+                             [[1.0, 1.0], [1.0, 1.0]]])  # full region
+        masks = torch.tensor([[[True, True], [False, False]],
+                              [[False, False], [False, False]],  # empty / empty
+                              [[True, True], [True, True]],      # empty / full
+                              [[False, False], [False, False]]])  # full / empty
+        expected = [1 / 3, NAN, 0.0, 0.0]
+        close(map_iou(maps, masks), expected)
+        close(mask_iou(maps >= 0.5, masks), expected)
+        # Over-MAP: the same IoU, with "undefined → 0" (and "not available → 0") on top
+        close(overlap_iou(maps, masks, normalize=False), [1 / 3, 0.0, 0.0, 0.0])
+        close(overlap_iou(maps, masks, normalize=False, available=torch.tensor([False, True, True, True])),
+              [0.0, 0.0, 0.0, 0.0])
+
+    def test_one_normalisation(self):
+        from fidobook.overmap import overlap_iou
+
+        g = torch.Generator().manual_seed(1)
+        maps = torch.cat([torch.rand(3, 6, 6, generator=g) * 7, torch.full((1, 6, 6), 2.0)])
+        seg = torch.rand(4, 6, 6, generator=g) < 0.5
+        torch.testing.assert_close(overlap_iou(maps, seg), overlap_iou(normalize_maps(maps), seg, normalize=False))
+        close(overlap_iou(maps, seg)[3:], [0.0])  # a constant map: zeros, an empty region
+
+    def test_one_blur(self):
+        from fidobook import _maps
+        from fidobook.enhance import _gaussian
+        from fidobook.infill import blur_sigma, infill
+
+        x = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(2))
+        sigma = blur_sigma(20)
+        assert torch.equal(infill(x, "blur"), _gaussian(x, sigma).clamp(0, 1))
+        assert torch.equal(_gaussian(x, sigma), _maps.gaussian_blur(x, sigma))

@@ -123,6 +123,63 @@ class TestRiskCoverage:
             aurc("0.9", OK)
 
 
+def _trapezoid_reference(conf, ok, generalized):
+    """The AUGRC paper's integration (IML-DKFZ/fd-shifts, RiskCoverageStats), re-derived: the
+    trapezoid rule over the points at the ends of tie blocks plus a point at coverage 0
+    (generalized risk 0 there; the selective risk holds its first value)."""
+    conf, ok = np.asarray(conf, dtype=float), np.asarray(ok, dtype=bool)
+    n = len(conf)
+    order = np.argsort(-conf, kind="stable")
+    c, errors = conf[order], np.cumsum(~ok[order])
+    ends = [k for k in range(n) if k == n - 1 or c[k] != c[k + 1]]
+    coverage = [0.0] + [(k + 1) / n for k in ends]
+    if generalized:
+        risk = [0.0] + [errors[k] / n for k in ends]
+    else:
+        first = [errors[k] / (k + 1) for k in ends]
+        risk = [first[0]] + first
+    return sum((coverage[i + 1] - coverage[i]) * (risk[i] + risk[i + 1]) / 2 for i in range(len(ends)))
+
+
+class TestAgainstThePapersTrapezoid:
+    @pytest.mark.parametrize("ties", [False, True])
+    def test_augrc_exceeds_the_trapezoid_by_err_over_2n(self, ties):
+        rng = np.random.default_rng(7 + ties)
+        for _ in range(20):
+            n = int(rng.integers(1, 30))
+            conf = rng.integers(0, 4, n).astype(float) if ties else rng.random(n)
+            ok = rng.random(n) < 0.6
+            err = float((~ok).mean())
+            assert augrc(conf, ok) - _trapezoid_reference(conf, ok, True) == pytest.approx(
+                err / (2 * n), abs=1e-12)
+
+    def test_hand_computed_identity(self):
+        # CONF/OK: AUGRC 5/25 = 0.2 here; the trapezoid from (0, 0) gives 0.2 − (2/5)/(2·5) = 0.16
+        assert _trapezoid_reference(CONF, OK, True) == pytest.approx(0.16)
+        assert augrc(CONF, OK) - 0.16 == pytest.approx(0.4 / 10)
+
+    def test_aurc_without_ties(self):
+        rng = np.random.default_rng(3)
+        for _ in range(20):
+            n = int(rng.integers(1, 30))
+            conf, ok = rng.random(n), rng.random(n) < 0.6
+            first_wrong = float(not ok[np.argmax(conf)])
+            err = float((~ok).mean())
+            assert aurc(conf, ok) - _trapezoid_reference(conf, ok, False) == pytest.approx(
+                (err - first_wrong) / (2 * n), abs=1e-12)
+
+
+class TestSequenceInputs:
+    def test_non_numeric_and_ragged_sequences(self):
+        with pytest.raises(TypeError, match="confidence: expected numbers"):
+            aurc(["a", "b"], [True, False])
+        with pytest.raises(TypeError, match="confidence: expected numbers"):
+            aurc(np.array([None, 1.0]), [True, False])
+        with pytest.raises(ValueError, match="confidence: expected a flat sequence"):
+            aurc([[1.0], [2.0, 3.0]], [True, False])
+        assert aurc([0.9, 0.1], [True, False]) == aurc(np.array([0.9, 0.1]), np.array([True, False]))
+
+
 class TestBootstrap:
     def test_reproducible_and_batched_equals_loop(self, gen):
         conf = torch.rand(60, generator=gen)
@@ -224,6 +281,31 @@ class TestRejectionTable:
             topk_correct(TABLE_LOGITS, TABLE_LABELS.float())
         with pytest.raises(ValueError, match="k"):
             topk_correct(TABLE_LOGITS, TABLE_LABELS, 5)
+
+    @pytest.mark.parametrize("kwargs, error, message", [
+        ({"ks": ()}, ValueError, "ks: expected a non-empty sequence"),
+        ({"ks": []}, ValueError, "ks: expected a non-empty sequence"),
+        ({"ks": 1}, TypeError, "ks: expected a sequence of ints"),
+        ({"ks": "13"}, TypeError, "ks: expected a sequence of ints"),
+        ({"ks": (1, 1)}, ValueError, "ks: expected distinct values"),
+        ({"ks": (1, 5)}, ValueError, r"ks: expected values in \[1, 4\]"),
+        ({"ks": (0,)}, ValueError, "ks: expected an int >= 1"),
+        ({"ks": (1.0,)}, TypeError, "ks: expected an int"),
+        ({"rates": ()}, ValueError, "rates: expected a non-empty sequence"),
+        ({"rates": 0.1}, TypeError, "rates: expected a sequence"),
+        ({"rates": None}, TypeError, "rates: expected a sequence"),
+        ({"rates": ("0.1",)}, TypeError, "rates: expected rejection rates"),
+        ({"rates": (float("nan"),)}, ValueError, r"rates: expected rejection rates in \[0, 1\]"),
+    ])
+    def test_empty_and_invalid_arguments(self, kwargs, error, message):
+        with pytest.raises(error, match=message):
+            rejection_table(TABLE_CONF, TABLE_LOGITS, TABLE_LABELS, **kwargs)
+
+    def test_array_arguments(self):
+        rows = rejection_table(TABLE_CONF, TABLE_LOGITS, TABLE_LABELS, rates=np.array([0.0, 0.5]),
+                               ks=torch.tensor([2]))
+        assert [r["rate"] for r in rows] == [0.0, 0.5]
+        assert sorted(rows[0])[-2:] == ["top2_macro", "top2_micro"]
 
 
 class TestBaselines:
@@ -337,6 +419,22 @@ class TestOverlap:
         seg = Segmentation(self.SEG, torch.tensor([False, True]), None)
         torch.testing.assert_close(overlap_mass(self.MAPS, seg),
                                    torch.tensor([0.0, 0.25], dtype=torch.float64))
+
+    def test_iou_undefined_is_zero_by_the_overmap_policy(self):
+        # empty region (constant map) and empty segmentation: the IoU is undefined (NaN in
+        # fidobook.metrics.map_iou); Over-MAP's confidence is 0, like "not available"
+        empty = torch.zeros(1, 2, 2, dtype=torch.bool)
+        assert overlap_iou(torch.ones(1, 2, 2), empty).tolist() == [0.0]
+        assert overlap_iou(torch.zeros(1, 2, 2), empty, normalize=False).tolist() == [0.0]
+        with pytest.raises(TypeError, match="normalize"):
+            overlap_iou(self.MAPS, self.SEG, normalize=1)
+
+    def test_part_labels_are_not_a_segmentation(self):
+        labels = torch.tensor([[[0, 3], [7, 1]]])
+        with pytest.raises(ValueError, match="segmentations: expected a binary integer mask"):
+            overlap_mass(self.MAPS[:1], labels)
+        with pytest.raises(ValueError, match="segmentations: expected a binary integer mask"):
+            overlap_iou(self.MAPS[:1], labels.to(torch.uint8))
 
     def test_bad_inputs(self):
         with pytest.raises(ValueError, match="segmentations"):

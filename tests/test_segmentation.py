@@ -60,27 +60,80 @@ class TestSegNet:
 
 
 class TestMasksAndIoU:
+    """The package's one mask rule and one IoU, through their public wrappers in models.segnet."""
+
     def test_as_masks_forms(self):
         expected = torch.tensor([[[True, False], [False, True]]])
         for m in (expected, expected.to(torch.uint8), 255 * expected.to(torch.uint8),
-                  expected.float() * 0.8 + 0.1, expected[:, None]):
+                  expected.long(), expected.float() * 0.8 + 0.1, expected[:, None]):
             assert torch.equal(as_masks(m), expected)
         with pytest.raises(ValueError, match="masks"):
             as_masks(torch.full((1, 2, 2), 2.0))
         with pytest.raises(ValueError, match="masks"):
             as_masks(torch.zeros(2, 2))
 
+    def test_uint8_0_255_and_0_1_are_the_same_mask(self):
+        flags = torch.randint(0, 2, (3, 5, 5), generator=torch.Generator().manual_seed(0))
+        assert torch.equal(as_masks(flags.to(torch.uint8)), as_masks(flags.to(torch.uint8) * 255))
+        assert torch.equal(as_masks(flags.to(torch.uint8)), flags.bool())
+
+    def test_float_at_exactly_the_threshold_is_in(self):
+        got = as_masks(torch.tensor([[[0.5, 0.49999997, 0.5000001, 0.0, 1.0]]]))
+        assert got.tolist() == [[[True, False, True, False, True]]]
+        # the same >= as every map threshold: a 0.5 map pixel counts in map_iou too
+        from fidobook.metrics import map_iou
+        assert map_iou(torch.tensor([[[0.5]]]), torch.tensor([[[True]]])).tolist() == [1.0]
+
+    @pytest.mark.parametrize("values, shown", [([0, 3, 7], "3, 7"), ([0, 128, 255], "128"),
+                                               ([0, -1, 1], "-1"), ([0, 256, 1], "256")])
+    @pytest.mark.parametrize("dtype", [torch.int16, torch.int64])
+    def test_other_integers_are_an_error_not_a_guess(self, values, shown, dtype):
+        m = torch.tensor([[values]], dtype=dtype)
+        with pytest.raises(ValueError, match=rf"masks: expected a binary integer mask .*\({shown}\)"):
+            as_masks(m)
+        if min(values) >= 0 and max(values) <= 255:  # uint8 too: part labels and grey levels
+            with pytest.raises(ValueError, match="part_union_masks"):
+                as_masks(m.to(torch.uint8))
+
+    def test_int8_minus_one_is_not_255(self):
+        with pytest.raises(ValueError, match=r"\(-1\)"):
+            as_masks(torch.tensor([[[0, -1]]], dtype=torch.int8))  # −1 is 255 wrapped in int8
+        assert as_masks(torch.tensor([[[0, 1]]], dtype=torch.int8)).tolist() == [[[False, True]]]
+
+    def test_complex_and_non_finite_floats(self):
+        with pytest.raises(TypeError, match="masks: expected a bool, integer"):
+            as_masks(torch.zeros(1, 2, 2, dtype=torch.complex64))
+        with pytest.raises(ValueError, match="masks: expected finite"):
+            as_masks(torch.full((1, 2, 2), float("nan")))
+
     def test_iou_by_hand(self):
-        a = torch.zeros(3, 4, 4, dtype=torch.bool)
-        b = torch.zeros(3, 4, 4, dtype=torch.bool)
+        a = torch.zeros(4, 4, 4, dtype=torch.bool)
+        b = torch.zeros(4, 4, 4, dtype=torch.bool)
         a[0, :2, :2] = True  # 4 px
         b[0, :2, :3] = True  # 6 px, 4 shared → 4/6
         a[1, 0, 0] = True  # disjoint → 0
         b[1, 3, 3] = True
-        # image 2: both empty → 1
-        torch.testing.assert_close(mask_iou(a, b), torch.tensor([4 / 6, 0.0, 1.0]))
+        # image 2: both empty → NaN (undefined); image 3: empty vs full → 0
+        b[3] = True
+        got = mask_iou(a, b)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, torch.tensor([4 / 6, 0.0, float("nan"), 0.0], dtype=torch.float64),
+                                   equal_nan=True)
+        torch.testing.assert_close(mask_iou(b, a), got, equal_nan=True)  # symmetric
         with pytest.raises(ValueError, match="target"):
             mask_iou(a, b[:2])
+        with pytest.raises(ValueError, match="pred: expected a binary integer mask"):
+            mask_iou(a.long() * 3, b)
+
+    def test_iou_matches_a_slow_reference(self):
+        g = torch.Generator().manual_seed(3)
+        a = torch.rand(5, 6, 7, generator=g) < 0.4
+        b = torch.rand(5, 6, 7, generator=g) < 0.4
+        got = mask_iou(a, b.to(torch.uint8) * 255)
+        for i in range(5):
+            inter = sum(bool(a[i, y, x] and b[i, y, x]) for y in range(6) for x in range(7))
+            union = sum(bool(a[i, y, x] or b[i, y, x]) for y in range(6) for x in range(7))
+            assert float(got[i]) == pytest.approx(inter / union, abs=1e-15)
 
 
 def _case():

@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_positive_float, check_positive_int, check_tensor, squeeze_channel
+from .._checks import check_positive_float, check_positive_int
 from .._io import load_cached, load_verified, restore_model, save_verified
+from .._maps import as_masks as _as_masks
+from .._maps import iou as _iou
 from .._state import restored_modes
 from .cnn import Normalize
 from .cnn import _conv_bn_relu as _block
@@ -178,40 +180,47 @@ class SegConfig:
 
 
 def as_masks(masks, name: str = "masks") -> Tensor:
-    """Object masks in any of the book's forms → ``BoolTensor[N, H, W]``.
+    """Object masks in any of the book's forms → ``BoolTensor[N, H, W]``: the package's one rule.
 
-    Accepts bool, uint8 0/1 or 0/255 (non-zero = object), or float in [0, 1] (thresholded at 0.5),
-    shaped ``(N, H, W)`` or ``(N, 1, H, W)``.
+    The same conversion as every other module (:func:`fidobook._maps.as_masks`):
+
+    - ``bool``: as is;
+    - integer: values 0/1 or 0/255, ``in ⇔ value ≠ 0`` (one rule for both); any other value —
+      part labels, grey levels of a soft or resized mask — is an error naming the values;
+    - float: values in [0, 1], ``in ⇔ value >= 0.5`` (exactly 0.5 is in).
+
+    Args:
+        masks (Tensor[N, H, W] or Tensor[N, 1, H, W]): masks.
+        name (str, optional): the argument's name in error messages. Default: "masks".
+
+    Returns:
+        BoolTensor[N, H, W].
     """
-    masks = squeeze_channel(check_tensor(masks, name), name)
-    if masks.dtype == torch.bool:
-        return masks
-    if masks.is_floating_point():
-        if masks.numel() and not (float(masks.min()) >= 0 and float(masks.max()) <= 1):
-            raise ValueError(f"{name}: expected float values in [0, 1], got range "
-                             f"[{float(masks.min()):.4g}, {float(masks.max()):.4g}]")
-        return masks > 0.5
-    if masks.is_complex():
-        raise TypeError(f"{name}: expected bool, integer or float masks, got dtype {masks.dtype}")
-    return masks != 0
+    return _as_masks(masks, name)
 
 
 def mask_iou(pred: Tensor, target: Tensor) -> Tensor:
-    """Intersection over union of two sets of masks, per image.
+    """Intersection over union of two sets of masks, per image: the package's one IoU.
 
     Args:
         pred (Tensor[N, H, W]): masks (any form :func:`as_masks` accepts).
         target (Tensor[N, H, W]): masks of the same shape.
 
     Returns:
-        Tensor[N]: ``|P ∩ T| / |P ∪ T|``; 1 where both are empty (they agree perfectly).
+        Tensor[N]: float64, ``|P ∩ T| / |P ∪ T|``; 0 when exactly one is empty, **NaN when both
+        are empty** (undefined, as everywhere in the package, :func:`fidobook._maps.iou`:
+        average with ``torch.nanmean`` and count what was left out).
+
+    Example::
+
+        >>> a = torch.tensor([[[True, True]], [[False, False]]])
+        >>> mask_iou(a, torch.tensor([[[True, False]], [[False, False]]]))
+        tensor([0.5000,    nan], dtype=torch.float64)
     """
     p, t = as_masks(pred, "pred"), as_masks(target, "target")
     if p.shape != t.shape:
         raise ValueError(f"target: expected shape {tuple(p.shape)} (as pred), got {tuple(t.shape)}")
-    inter = (p & t).flatten(1).sum(1).float()
-    union = (p | t).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return _iou(p, t.to(p.device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,7 +399,9 @@ def _fit(config: SegConfig, images: Tensor, masks: Tensor, test: tuple[Tensor, T
             if test is not None:
                 model.eval()
                 probs = _probs(model, test[0], 256, device)
-                test_iou = float(mask_iou(probs > 0.5, test[1]).mean())
+                # The float mask rule (>= 0.5) and the one IoU; an image whose prediction and
+                # truth are both empty has no IoU and is left out of the mean.
+                test_iou = float(mask_iou(probs >= 0.5, test[1]).nanmean())
             history["epoch"].append(epoch + 1)
             history["train_loss"].append(float(loss_sum) / seen)
             history["test_iou"].append(test_iou)
