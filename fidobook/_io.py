@@ -224,12 +224,29 @@ def load_record(path: str | os.PathLike, *, format: str, fields: tuple[str, ...]
     return obj
 
 
+def package_digest() -> str:
+    """SHA-256 (16 hex) of fidobook's version and of every ``.py`` file of the package.
+
+    The version alone does not change when the code does; results that depend on the code
+    (resumable mask folders, experiment results) record this digest instead.
+    """
+    from . import __version__
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256(__version__.encode())
+    for p in sorted(root.rglob("*.py")):
+        if "__pycache__" not in p.parts:
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def run_environment(device, dtype=torch.float32) -> dict:
     """What makes floating-point results of two runs differ, as plain values.
 
-    ``{"device": "cpu" | "cuda:<name>", "dtype", "threads", "torch", "fidobook"}``: equal
-    records mean the same arithmetic (with deterministic kernels), so resumable writers store it
-    and refuse to add to results computed under another one.
+    ``{"device": "cpu" | "cuda:<name>", "dtype", "threads", "torch", "fidobook"}``, where
+    ``fidobook`` is the version and a digest of the package's code (:func:`package_digest`):
+    equal records mean the same arithmetic (with deterministic kernels), so resumable writers
+    store it and refuse to add to results computed under another one.
     """
     from . import __version__
 
@@ -239,7 +256,7 @@ def run_environment(device, dtype=torch.float32) -> dict:
         name = f"cuda:{torch.cuda.get_device_name(device)}"
     return {"device": name, "dtype": str(dtype).replace("torch.", ""),
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
-            "torch": torch.__version__.split("+")[0], "fidobook": __version__}
+            "torch": torch.__version__.split("+")[0], "fidobook": f"{__version__}+{package_digest()}"}
 
 
 def environment_mismatch(recorded: Mapping, current: Mapping) -> str | None:

@@ -33,22 +33,10 @@ from torch import Tensor
 
 from .. import _io
 
-__all__ = ["Result", "cached", "result_key", "package_digest", "spec_dict"]
+__all__ = ["Result", "cached", "result_key", "spec_dict"]
 
 #: Bumped when the stored layout of a result changes: older files are recomputed.
 FORMAT = "fidobook-experiment-1"
-
-
-def package_digest() -> str:
-    """SHA-256 (16 hex) of the package's version and of every ``.py`` file of it."""
-    from .. import __version__
-
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256(__version__.encode())
-    for p in sorted(root.rglob("*.py")):
-        if "__pycache__" not in p.parts:
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
 
 
 def spec_dict(spec) -> dict:
@@ -181,7 +169,7 @@ def result_key(name: str, spec, context, uses=("data", "classifier")) -> str:
     ``uses`` names the parts of the context the experiment depends on (see
     :meth:`fidobook.experiments.Context.fingerprint`)."""
     payload = {"format": FORMAT, "experiment": name, "spec": spec_dict(spec),
-               "context": context.fingerprint(tuple(uses)), "package": package_digest()}
+               "context": context.fingerprint(tuple(uses)), "package": _io.package_digest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
