@@ -7,12 +7,22 @@ repeat and safe to interrupt::
                         seeds=range(len(images)), snapshots=(50, 100, 300), chunk=32)
 
 The images are fitted ``chunk`` at a time; each chunk's logits (and snapshots, history and cost)
-are written atomically to ``cache_dir/fido/<key>/<a>-<b>.pt``, where ``key`` digests everything
+are written atomically, with a digest of the whole record, to ``cache_dir/fido/<key>/<a>-<b>.pt``,
+where ``key`` digests everything
 the masks depend on: the model's parameters and buffers, the images, the targets, the per-image
 seeds, the configuration and the snapshot iterations. A second call with the same arguments
 loads the chunks instead of fitting; a call that was interrupted finds the chunks it finished
 and fits only the others. Because every image draws its noise from its own seed (see
-:class:`fidobook.FIDO`), the masks do not depend on how the images are chunked.
+:class:`fidobook.FIDO`), the masks do not depend on how the images are chunked (up to the float
+rounding of the model's batched arithmetic, which can depend on the batch size).
+
+Every chunk is verified when it is read back: a file that is truncated, altered (digest mismatch),
+incomplete, of another format or of another fit is reported in a warning naming the path and the
+reason, and that chunk alone is fitted again and overwritten. Each chunk also records the
+environment it was computed in (:func:`fidobook._io.run_environment`: device, dtype, threads,
+torch and fidobook versions); a call that would add freshly fitted chunks to chunks computed in
+another environment refuses with a ``ValueError`` instead of mixing arithmetic, while a complete
+hit from one environment is simply loaded.
 
 The maps at image resolution are not stored (they would dwarf the logits): they are recomputed
 from the stored logits on the images' device, the same way for a fresh and for a cached result,
@@ -31,8 +41,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import _checks
-from ._io import atomic_torch_save
+from . import _checks, _io
 from .fido import FIDO, FIDOConfig, FIDOResult, _check_snapshots, _maps
 from .models.train import data_fingerprint
 from .stats import bootstrap_ci  # re-exported: it lived here first
@@ -40,7 +49,11 @@ from .stats import bootstrap_ci  # re-exported: it lived here first
 __all__ = ["fit_cached", "model_digest", "bootstrap_ci"]
 
 #: Bumped whenever the stored format or the meaning of a fit changes: old entries are ignored.
-_FORMAT = "fidobook-fido-cache-1"
+_FORMAT = "fidobook-fido-cache-2"  # 2: verified records (digest) with the run environment
+
+#: What every chunk record holds (a verified record missing one of them is damaged).
+_FIELDS = ("key", "logits", "targets", "history", "snapshots", "model_evaluations", "seconds",
+           "environment")
 
 
 def model_digest(model: nn.Module) -> str:
@@ -87,8 +100,8 @@ def _cache_key(model: nn.Module, images: Tensor, targets: Tensor, seeds: Tensor,
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _chunk_record(result: FIDOResult, key: str) -> dict:
-    """What a chunk file holds: CPU tensors and plain numbers (loadable with weights_only)."""
+def _chunk_record(result: FIDOResult, key: str, environment: dict) -> dict:
+    """What a chunk file holds: CPU tensors and plain values (loadable with weights_only)."""
     return {
         "key": key,
         "logits": result.logits.cpu(),
@@ -97,20 +110,49 @@ def _chunk_record(result: FIDOResult, key: str) -> dict:
         "snapshots": {int(k): v.cpu() for k, v in result.snapshots.items()},
         "model_evaluations": int(result.model_evaluations),
         "seconds": float(result.seconds),
+        "environment": dict(environment),
     }
 
 
-def _load_chunk(path: Path, key: str, n: int) -> dict | None:
-    """The chunk stored at ``path``, or ``None`` when it is missing or unusable."""
-    if not path.is_file():
-        return None
+def _other_fit(record: dict, key: str, targets: Tensor, snapshots: tuple[int, ...],
+               iterations: int) -> str | None:
+    """Why an intact record does not hold chunk ``targets`` of fit ``key``; None if it does."""
+    n = len(targets)
+    if record["key"] != key:
+        return f"it holds another fit (key {str(record['key'])[:20]!r}, expected {key!r})"
+    logits, history, shots = record["logits"], record["history"], record["snapshots"]
+    if not (isinstance(logits, Tensor) and logits.ndim == 4 and tuple(logits.shape[:2]) == (2, n)):
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        return f"expected logits of shape (2, {n}, h, w), got {got}"
+    if not (isinstance(record["targets"], Tensor) and torch.equal(record["targets"], targets)):
+        return "its targets differ from the requested ones"
+    shape = (iterations, n)
+    if not (isinstance(history, dict) and history
+            and all(isinstance(v, Tensor) and tuple(v.shape) == shape for v in history.values())):
+        return f"expected a history of Tensor[{iterations}, {n}] entries"
+    if not (isinstance(shots, dict) and set(shots) == set(snapshots)
+            and all(isinstance(v, Tensor) and v.shape == logits.shape for v in shots.values())):
+        return f"expected snapshots at iterations {list(snapshots)}, got {sorted(shots, key=repr)}"
+    if not isinstance(record["environment"], dict):
+        return "its environment is not a record"
+    return None
+
+
+def _load_chunk(path: Path, key: str, targets: Tensor, snapshots: tuple[int, ...],
+                iterations: int) -> dict | None:
+    """The verified chunk stored at ``path``, or ``None`` (with a warning) to fit it again."""
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a file from elsewhere or damaged by hand: fit again
-        warnings.warn(f"fit_cached: ignoring unreadable cache file {path} ({err})", stacklevel=3)
+        record = _io.load_record(path, format=_FORMAT, fields=_FIELDS)
+    except FileNotFoundError:
         return None
-    if not isinstance(record, dict) or record.get("key") != key or record["logits"].shape[1] != n:
-        warnings.warn(f"fit_cached: ignoring cache file {path} (it holds another fit)", stacklevel=3)
+    except _io.DamagedFile as err:
+        warnings.warn(f"fit_cached: damaged cache chunk {err}; fitting this chunk again",
+                      stacklevel=3)
+        return None
+    reason = _other_fit(record, key, targets, snapshots, iterations)
+    if reason is not None:
+        warnings.warn(f"fit_cached: cache chunk {str(path)!r}: {reason}; fitting this chunk again",
+                      stacklevel=3)
         return None
     return record
 
@@ -131,11 +173,15 @@ def fit_cached(
 
     Each chunk ``[a, b)`` is fitted as ``FIDO(model, config).fit(images[a:b], targets[a:b],
     seeds=seeds[a:b], snapshots=snapshots)`` and saved atomically to
-    ``cache_dir/fido/<key>/<a>-<b>.pt``. Chunks already there are loaded, the others fitted, so
-    an interrupted call resumes where it stopped. The key digests the model's weights
-    (:func:`model_digest`), the images, the targets, the seeds, the configuration (its
-    ``temperature`` resolved to the sampler's default when ``None``) and the snapshot iterations;
-    it does not include ``chunk`` (a different chunking stores different files) nor the device.
+    ``cache_dir/fido/<key>/<a>-<b>.pt`` as a verified record (:func:`fidobook._io.save_record`).
+    Chunks already there are verified and loaded, the others fitted, so an interrupted call
+    resumes where it stopped. A damaged chunk (truncated, altered, incomplete, of another format
+    or fit) is reported in a warning naming the path and the reason, then fitted again and
+    overwritten; the temporary files of a killed writer are removed first. The key digests the
+    model's weights (:func:`model_digest`), the images, the targets, the seeds, the
+    configuration (its ``temperature`` resolved to the sampler's default when ``None``) and the
+    snapshot iterations; it does not include ``chunk`` (a different chunking stores different
+    files) nor the device (each chunk records its environment instead, see Raises).
 
     Args:
         model (nn.Module): the classifier, images in [0, 1] → logits ``Tensor[N, K]``.
@@ -151,6 +197,13 @@ def fit_cached(
         progress (bool, optional): show a progress bar over the chunks. Default: False.
         chunk (int, optional): images per fit (and per file). Default: all in one.
 
+    Raises:
+        ValueError: chunks have to be fitted while chunks already stored were computed in another
+            environment (device, dtype, thread count, torch or fidobook version, see
+            :func:`fidobook._io.run_environment`); the message names the folder and the
+            differences. Nothing is fitted or written then: run in the recorded environment, or
+            delete the folder to fit every chunk again.
+
     Returns:
         FIDOResult: on the images' device. ``history`` is concatenated along the images,
         ``model_evaluations`` and ``seconds`` are summed over the chunks. ``seconds`` is the
@@ -163,7 +216,7 @@ def fit_cached(
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, FIDOConfig):
         raise TypeError(f"config: expected a FIDOConfig, got {type(config).__name__}")
-    _checks.check_images(images, channels=getattr(model, "in_channels", None))
+    images = _checks.check_model_inputs(images, model)
     n, _, height, width = images.shape
     if targets is None:
         raise TypeError("targets: expected an int, a sequence of ints or a LongTensor (the cache "
@@ -182,19 +235,46 @@ def fit_cached(
 
     key = _cache_key(model, images, targets, seeds, config, snapshots)
     folder = root / "fido" / key
+    _io.sweep_tmp(folder)
     bounds = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+    paths = [folder / f"{a}-{b}.pt" for a, b in bounds]
     records = []
+    for path, (a, b) in zip(paths, bounds):  # a loop, not a comprehension: warnings' stacklevel
+        records.append(_load_chunk(path, key, targets[a:b], snapshots, config.iterations))
+    environment = _io.run_environment(images.device, images.dtype)
+    _check_environments(folder, records, environment)
+
     bar = tqdm(bounds, disable=not progress, desc="FIDO chunks", leave=False)
-    for a, b in bar:
-        path = folder / f"{a}-{b}.pt"
-        record = _load_chunk(path, key, b - a)
-        if record is None:
+    for i, (a, b) in enumerate(bar):
+        if records[i] is None:
             fitted = FIDO(model, config).fit(images[a:b], targets[a:b].to(images.device),
                                              seeds=seeds[a:b].tolist(), snapshots=snapshots)
-            record = _chunk_record(fitted, key)
-            atomic_torch_save(record, path)
-        records.append(record)
+            records[i] = _chunk_record(fitted, key, environment)
+            _io.save_record(records[i], paths[i], format=_FORMAT)
     return _assemble(records, config, snapshots, images.device, (height, width))
+
+
+def _check_environments(folder: Path, records: list[dict | None], environment: dict) -> None:
+    """Refuses to mix chunks computed in different environments (see :func:`fit_cached`)."""
+    stored = [r["environment"] for r in records if r is not None]
+    if not stored:
+        return
+    first = stored[0]
+    fields = sorted({k for e in stored for k in set(e) | set(first) if e.get(k) != first.get(k)})
+    if fields:
+        diffs = "; ".join(f"{k} {sorted({repr(e.get(k)) for e in stored})}" for k in fields)
+        raise ValueError(f"fit_cached: the chunks in {str(folder)!r} were computed in different "
+                         f"environments ({diffs}); delete the folder to fit them again in one")
+    if all(r is not None for r in records):
+        return  # a complete hit from one environment: nothing is computed now
+    diff = _io.environment_mismatch(first, environment)
+    if diff:
+        missing = sum(r is None for r in records)
+        raise ValueError(
+            f"fit_cached: {missing} of {len(records)} chunks to fit in {str(folder)!r}, whose "
+            f"stored chunks were computed in another environment ({diff}); refusing to mix "
+            f"arithmetic: rerun in the recorded environment, or delete the folder to fit every "
+            f"chunk again")
 
 
 def _assemble(records: list[dict], config: FIDOConfig, snapshots: tuple[int, ...], device,

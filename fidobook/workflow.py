@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import _io
 from .data import birds
 from .data.cub import load_tensors
 from .models.train import load_cached_classifier, train_classifier
@@ -28,6 +29,10 @@ from .profiles import Profile
 
 __all__ = ["data_dir", "prepare_data", "load_split", "prepare_classifier", "default_cache_dir",
            "prepare_hard_set", "prepare_segmenter"]
+
+
+#: The record format of a cached hard set (``prepare_hard_set``): bumped when its layout changes.
+_HARD_RECORD = "fidobook-hard-set-1"
 
 
 def default_cache_dir() -> Path:
@@ -71,6 +76,7 @@ def _prepare_model(profile: Profile, config, cache_dir: str | os.PathLike | None
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = prepare_data(profile, cache_dir, progress=progress)
     fingerprint = _key((root / "fidobook_birds.json").read_text())
+    _io.sweep_tmp(cache_dir / "models")  # checkpoints a killed trainer was writing
     cached = load_cached(config, cache_dir / "models", fingerprint, device=device)
     if cached is not None:
         return cached
@@ -102,9 +108,13 @@ def prepare_hard_set(profile: Profile, cases=None, per_case: int | None = None,
     """The profile's hard test cases (:func:`fidobook.data.hard.make_hard_set`), cached.
 
     The birds use the profile's class table, image size and data seed. The set is saved
-    atomically to ``cache_dir/hard/hard-<profile>-<key>.pt``, the key digesting the cases,
+    atomically, as a verified record (:func:`fidobook._io.save_record`: a digest of every
+    entry), to ``cache_dir/hard/hard-<profile>-<key>.pt``, the key digesting the cases,
     ``per_case``, the size, the seed, the class table and the hard set's format version; a
-    second call loads it. A case's images do not depend on the other cases asked for.
+    second call verifies and loads it. A damaged file (truncated, altered, incomplete, of
+    another set) is reported in a warning naming the path and the reason, and the set is
+    generated again and overwritten; the temporary files of a killed writer are removed. A
+    case's images do not depend on the other cases asked for.
 
     Args:
         profile (Profile): the run size (its data set is generated if missing).
@@ -121,7 +131,6 @@ def prepare_hard_set(profile: Profile, cases=None, per_case: int | None = None,
     import warnings
 
     from . import _checks
-    from ._io import atomic_torch_save
     from .data import hard
 
     cases = hard.HARD_CASES if cases is None else cases
@@ -131,19 +140,30 @@ def prepare_hard_set(profile: Profile, cases=None, per_case: int | None = None,
     _checks.check_positive_int(per_case, "per_case")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     classes = birds.read_class_parts(prepare_data(profile, cache_dir, progress=progress))
-    key = _key({"format_version": hard.HARD_FORMAT_VERSION, "cases": list(cases),
-                "per_case": per_case, "size": profile.image_size, "seed": profile.data_seed,
-                "classes": classes})
-    path = cache_dir / "hard" / f"hard-{profile.name}-{key}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # damaged or foreign: generate again
-            warnings.warn(f"prepare_hard_set: ignoring unreadable cache file {path} ({err})",
-                          stacklevel=2)
+    key = _key({"format_version": hard.HARD_FORMAT_VERSION, "record": _HARD_RECORD,
+                "cases": list(cases), "per_case": per_case, "size": profile.image_size,
+                "seed": profile.data_seed, "classes": classes})
+    folder = cache_dir / "hard"
+    path = folder / f"hard-{profile.name}-{key}.pt"
+    args = {"cases": list(cases), "per_case": per_case, "size": profile.image_size,
+            "seed": profile.data_seed, "format_version": hard.HARD_FORMAT_VERSION}
+    _io.sweep_tmp(folder)
+    try:
+        data = _io.load_record(path, format=_HARD_RECORD, fields=hard._SET_KEYS)
+    except FileNotFoundError:
+        pass
+    except _io.DamagedFile as err:
+        warnings.warn(f"prepare_hard_set: damaged cache file {err}; generating the set again",
+                      stacklevel=2)
+    else:
+        if data["args"] == args:
+            del data["format"]
+            return data
+        warnings.warn(f"prepare_hard_set: cache file {str(path)!r} holds another hard set "
+                      f"({data['args']}, expected {args}); generating the set again", stacklevel=2)
     data = hard.make_hard_set(classes, cases, per_case, profile.image_size, profile.data_seed,
                               progress=progress)
-    atomic_torch_save(data, path)
+    _io.save_record(data, path, format=_HARD_RECORD)
     return data
 
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
+import socket
+import subprocess
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +253,150 @@ class TestGenerate:
         with pytest.raises(exc, match=match):
             generate(tmp_path / "x", **{**TINY, **kwargs})
         assert not (tmp_path / "x").exists()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+class TestVerifiedReuse:
+    """A reused set is checked against its manifest; damage is reported with the path and
+    repaired (one image rendered again, or the whole set regenerated for a text file)."""
+
+    @pytest.fixture()
+    def copy(self, tiny, tmp_path) -> Path:
+        """A private copy of the tiny set, free to damage."""
+        return Path(shutil.copytree(tiny, tmp_path / "tiny"))
+
+    @staticmethod
+    def _manifest(root: Path) -> dict:
+        return json.loads((root / "fidobook_manifest.json").read_text())
+
+    def test_manifest_lists_every_file_with_size_and_sha256(self, tiny):
+        manifest = self._manifest(tiny)
+        assert manifest["format"] == "fidobook-birds-manifest-1" and manifest["algorithm"] == "sha256"
+        files = {k: v for k, v in _hashes(tiny).items()
+                 if k not in ("fidobook_manifest.json", "fidobook_birds.json")}
+        assert manifest["files"] == {k: [(tiny / k).stat().st_size, v] for k, v in files.items()}
+        n_images = TINY["n_classes"] * (TINY["train_per_class"] + TINY["test_per_class"])
+        assert len(files) == 3 * n_images + 8
+
+    def _repaired(self, copy, tiny, rel, match):
+        """``generate`` warns naming ``rel`` and the reason, rewrites only that image's three
+        files, and the set is byte-identical to the original again."""
+        stamps = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+        with pytest.warns(UserWarning, match=match) as caught:
+            assert generate(copy, seed=0, **TINY) == copy
+        assert any(str(copy / rel) in str(w.message) for w in caught)  # names the file
+        assert _hashes(copy) == _hashes(tiny)
+        name = rel.split("/", 1)[1]
+        changed = {str(p.relative_to(copy)) for p, t in stamps.items()
+                   if p.exists() and p.stat().st_mtime_ns != t}
+        assert changed <= {f"{d}/{name}" for d in ("images", "segmentations", "part_masks")}
+
+    def test_truncated_image_is_rendered_again(self, copy, tiny):
+        rel = _table(copy / "images.txt")[6][1]
+        path = copy / "images" / rel
+        path.write_bytes(path.read_bytes()[:50])
+        with pytest.raises(OSError):  # what a reader met before: an error naming no file
+            Image.open(path).load()
+        self._repaired(copy, tiny, f"images/{rel}", "truncated")
+
+    def test_flipped_byte_is_rendered_again(self, copy, tiny):
+        rel = _table(copy / "images.txt")[3][1]
+        path = copy / "part_masks" / rel
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0x01  # same size
+        path.write_bytes(bytes(raw))
+        self._repaired(copy, tiny, f"part_masks/{rel}", "SHA-256 mismatch")
+
+    def test_missing_image_is_rendered_again(self, copy, tiny):
+        rel = _table(copy / "images.txt")[-1][1]
+        (copy / "segmentations" / rel).unlink()
+        self._repaired(copy, tiny, f"segmentations/{rel}", "missing")
+
+    def test_damaged_text_file_regenerates_the_set(self, copy, tiny):
+        path = copy / "bounding_boxes.txt"
+        path.write_text(path.read_text()[:-20])
+        with pytest.warns(UserWarning, match=rf"'{path}': .*truncated.*generating the set again"):
+            generate(copy, seed=0, **TINY)
+        assert _hashes(copy) == _hashes(tiny)
+        assert not list(copy.parent.glob("tiny.*"))  # no tmp or old folder left
+
+    def test_repair_that_still_differs_regenerates_the_set(self, copy, tiny, monkeypatch):
+        # As if the renders had changed (another Pillow): a rendered-again image that does not
+        # match the manifest is not trusted either.
+        rel = f"images/{_table(copy / 'images.txt')[0][1]}"
+        (copy / rel).write_bytes(b"")
+        real = birds._save_png
+        monkeypatch.setattr(birds, "_save_png",
+                            lambda array, path: real(255 - array, path) if "images" in str(path)
+                            else real(array, path))
+        with pytest.warns(UserWarning) as caught:
+            generate(copy, seed=0, **TINY)
+        again = ("the images rendered again differ too (another numpy or Pillow version?): "
+                 "generating the set again")
+        assert [str(w.message).rsplit("; ", 1)[-1] for w in caught] == [
+            "rendering image(s) [1] again", again]
+        monkeypatch.undo()
+        assert generate(copy, seed=0, **TINY) == copy  # the regenerated set verifies
+
+    def test_damaged_manifest_verifies_by_decoding(self, copy, tiny):
+        (copy / "fidobook_manifest.json").write_text('{"format": "fidobook-birds-manif')
+        with pytest.warns(UserWarning, match="damaged manifest .*unreadable"):
+            generate(copy, seed=0, **TINY)
+        assert _hashes(copy) == _hashes(tiny)  # manifest written again, equal
+
+    def test_damaged_description_regenerates_the_set(self, copy, tiny):
+        (copy / "fidobook_birds.json").write_bytes(b"\xff{")
+        with pytest.warns(UserWarning, match="fidobook_birds.json' is unreadable"):
+            generate(copy, seed=0, **TINY)
+        assert _hashes(copy) == _hashes(tiny)
+
+    def test_set_without_manifest_is_decoded_once_and_gets_one(self, copy, tiny, monkeypatch):
+        (copy / "fidobook_manifest.json").unlink()  # as written before manifests
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an intact old set: no warning
+            generate(copy, seed=0, **TINY)
+        assert _hashes(copy) == _hashes(tiny)
+        decoded = []
+        monkeypatch.setattr(birds, "_decodes", lambda *a: decoded.append(a))
+        generate(copy, seed=0, **TINY)
+        assert decoded == []  # the manifest now: no decoding
+
+    def test_set_without_manifest_with_a_truncated_image(self, copy, tiny):
+        (copy / "fidobook_manifest.json").unlink()
+        rel = _table(copy / "images.txt")[2][1]
+        path = copy / "images" / rel
+        path.write_bytes(path.read_bytes()[:-30])
+        with pytest.warns(UserWarning, match=rf"'{path}': does not decode"):
+            generate(copy, seed=0, **TINY)
+        assert _hashes(copy) == _hashes(tiny)
+
+    def test_set_without_manifest_with_a_bad_text_file(self, copy, tiny):
+        (copy / "fidobook_manifest.json").unlink()
+        (copy / "train_test_split.txt").write_text("1 1\n")
+        with pytest.warns(UserWarning, match="train_test_split.txt': content differs"):
+            generate(copy, seed=0, **TINY)
+        assert _hashes(copy) == _hashes(tiny)
+
+    def test_folders_of_killed_runs_are_removed(self, tmp_path):
+        root = tmp_path / "set"
+        host, dead = socket.gethostname(), _dead_pid()
+        stale = [tmp_path / f"set.tmp-{host}-{dead}", tmp_path / f"set.old-{host}-{dead}",
+                 tmp_path / f"set.tmp-{dead}"]  # the last: the name before hosts were recorded
+        alive = [tmp_path / f"set.tmp-{host}-{os.getppid()}",  # a writer still running
+                 tmp_path / f"set.tmp-elsewhere-{dead}",  # another host's, recent
+                 tmp_path / f"other.tmp-{host}-{dead}"]  # another set's
+        for folder in stale + alive:
+            (folder / "images").mkdir(parents=True)
+            (folder / "images" / "half.png").write_bytes(b"\x89PNG")
+        generate(root, seed=0, **TINY)
+        assert not any(f.exists() for f in stale) and all(f.exists() for f in alive)
+        old = time.time() - 2 * 24 * 3600
+        os.utime(tmp_path / f"set.tmp-elsewhere-{dead}", (old, old))
+        generate(root, seed=0, **TINY)  # a reuse sweeps too
+        assert not (tmp_path / f"set.tmp-elsewhere-{dead}").exists()

@@ -1,11 +1,15 @@
 """Tests of fidobook.data.hard (the hard test cases) and fidobook.workflow.prepare_hard_set."""
 from __future__ import annotations
 
+import socket
+import subprocess
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from fidobook import workflow
+from fidobook import _io, workflow
 from fidobook.data import PART_NAMES, PART_TYPES, class_parts, render_bird
 from fidobook.data import hard
 from fidobook.data.hard import (
@@ -287,3 +291,83 @@ class TestPrepareHardSet:
         with pytest.raises(ValueError, match="per_case"):
             workflow.prepare_hard_set(profile, per_case=0, cache_dir=tmp_path)
         assert not tmp_path.joinpath("data").exists()
+
+
+def test_set_keys_are_the_keys_of_a_set(hard_set):
+    # what a cached set must hold to be trusted (workflow.prepare_hard_set)
+    assert tuple(hard_set) == hard._SET_KEYS
+
+
+class TestPrepareHardSetDamage:
+    """A damaged cached set: a warning naming the path and the reason, then generated again
+    (equal to a fresh one) and overwritten."""
+
+    CASES = ("novel", "small")
+
+    @pytest.fixture()
+    def profile(self):
+        return Profile(name="tiny", n_classes=3, train_per_class=1, test_per_class=1, image_size=24,
+                       classifier=TrainConfig(arch="small_cnn", width=8, epochs=1, image_size=24),
+                       fido_iterations=1, fido_samples=1, n_explain=1, mask_size=4)
+
+    def cached(self, profile, tmp_path):
+        first = workflow.prepare_hard_set(profile, self.CASES, per_case=2, cache_dir=tmp_path)
+        (path,) = (tmp_path / "hard").glob("hard-tiny-*.pt")
+        return first, path
+
+    def regenerated(self, profile, tmp_path, first, path, match):
+        with pytest.warns(UserWarning, match=match) as caught:
+            again = workflow.prepare_hard_set(profile, self.CASES, per_case=2, cache_dir=tmp_path)
+        assert any(str(path) in str(w.message) for w in caught)  # names the file
+        assert again.keys() == first.keys()
+        for key, value in first.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, again[key]), key
+            else:
+                assert value == again[key], key
+        # overwritten with an intact record: the next call loads it without a word
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            workflow.prepare_hard_set(profile, self.CASES, per_case=2, cache_dir=tmp_path)
+
+    def test_flipped_byte_in_the_images(self, profile, tmp_path):
+        first, path = self.cached(profile, tmp_path)
+        raw = bytearray(path.read_bytes())
+        at = raw.find(first["images"].numpy().tobytes())  # stored uncompressed
+        assert at > 0
+        raw[at + 10] ^= 0x40
+        path.write_bytes(bytes(raw))
+        assert not torch.equal(torch.load(path, weights_only=True)["images"], first["images"])
+        self.regenerated(profile, tmp_path, first, path, "digest mismatch")
+
+    def test_truncated_file(self, profile, tmp_path):
+        first, path = self.cached(profile, tmp_path)
+        path.write_bytes(path.read_bytes()[:1000])
+        self.regenerated(profile, tmp_path, first, path, "unreadable")
+
+    def test_missing_field(self, profile, tmp_path):
+        first, path = self.cached(profile, tmp_path)
+        record = _io.load_record(path, format=workflow._HARD_RECORD)
+        del record["labels"], record["format"]
+        _io.save_record(record, path, format=workflow._HARD_RECORD)  # intact but incomplete
+        self.regenerated(profile, tmp_path, first, path, r"missing fields \['labels'\]")
+
+    def test_record_of_another_set(self, profile, tmp_path):
+        first, path = self.cached(profile, tmp_path)
+        other = make_hard_set(CLASSES[:3], self.CASES, per_case=1, size=24, seed=0)
+        _io.save_record(other, path, format=workflow._HARD_RECORD)
+        self.regenerated(profile, tmp_path, first, path, "holds another hard set")
+
+    def test_file_without_digest(self, profile, tmp_path):
+        first, path = self.cached(profile, tmp_path)
+        _io.atomic_torch_save(first, path)  # how the cache was written before: no digest
+        self.regenerated(profile, tmp_path, first, path, "expected format")
+
+    def test_temporary_file_of_a_killed_writer_is_removed(self, profile, tmp_path):
+        _, path = self.cached(profile, tmp_path)
+        proc = subprocess.Popen(["true"])
+        proc.wait()  # a pid that no longer exists
+        tmp = path.parent / f".{path.name}.{socket.gethostname()}.{proc.pid}.x1y2.tmp"
+        tmp.write_bytes(b"half a set")
+        workflow.prepare_hard_set(profile, self.CASES, per_case=2, cache_dir=tmp_path)
+        assert not tmp.exists()

@@ -57,6 +57,11 @@ HARD_CASES: tuple[str, ...] = ("missing_parts", "occluded", "heavy_clutter", "no
 CORRUPTIONS: tuple[str, ...] = ("none", "noise", "blur", "contrast")
 #: Bumped whenever the images of a case change for the same arguments (a cache key part).
 HARD_FORMAT_VERSION = 2
+#: The keys of :func:`make_hard_set`'s dict (a cached set missing one is damaged).
+_SET_KEYS: tuple[str, ...] = (
+    "images", "labels", "boxes", "parts", "image_ids", "segmentations", "part_masks", "classes",
+    "part_names", "case", "case_names", "variants", "removed", "nearest_distance", "occlusion",
+    "corruption", "corruption_names", "hires", "hires_index", "args")
 
 #: The normal test set's rendering (:func:`fidobook.data.generate`'s defaults); each case
 #: changes some of it.

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import (check_choice, check_positive_float, check_positive_int, check_tensor)
-from .._io import load_cached, load_verified, restore_model, save_verified
+from .._io import load_cached, load_verified, restore_model, save_verified, sweep_tmp
 from .._state import restored_modes
 from .cnn import SmallCNN
 from .resnet import _STEMS, RESNETS, resnet
@@ -669,6 +669,7 @@ def _cached_fit(config, cache_dir: str | os.PathLike | None, device: torch.devic
     if cache_dir is not None:
         key_ = key()
         path = path_of(key_)
+        sweep_tmp(path.parent)  # checkpoints a killed trainer was writing
         cached = load_cached(load, path, key_, device, what, stacklevel=4)  # the trainer's caller
         if cached is not None:
             return cached
