@@ -6,6 +6,7 @@ a forward pass.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -75,12 +76,14 @@ def check_model_inputs(images, model, name: str = "images") -> Tensor:
       differentiates with respect to its own variables (masks, baselines), never the caller's
       graph.
     """
+    if isinstance(images, Tensor) and images.requires_grad:
+        images = images.detach()  # before reading values: no autograd warning, no graph
     check_images(images, name, channels=getattr(model, "in_channels", None))
     want = model_dtype(model)
     if want is not None and images.dtype != want:
         raise TypeError(f"{name}: expected dtype {want} (the model's parameters), got {images.dtype}; "
                         f"cast the images (e.g. images.to({want})) or the model")
-    return images.detach() if images.requires_grad else images
+    return images
 
 
 def check_targets(target, n: int, num_classes: int | None, name: str = "target",
@@ -147,14 +150,61 @@ def check_level(level, name: str = "level") -> float:
     return float(level)
 
 
+#: Seeds of ``torch.Generator.manual_seed`` lie in ``[0, SEED_LIMIT)``.
+SEED_LIMIT = 2**64
+
+
+def _check_seed_value(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int seed in [0, 2**64), got {value!r}")
+    value = int(value)
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name}: expected an int seed in [0, 2**64), got {value}")
+    return value
+
+
 def check_generator(generator, name: str = "generator") -> torch.Generator:
-    """A ``torch.Generator`` as is, or a new CPU generator seeded with an int."""
-    if isinstance(generator, int) and not isinstance(generator, bool):
-        return torch.Generator().manual_seed(generator)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"{name}: expected a torch.Generator or an int seed, got "
-                        f"{type(generator).__name__}")
-    return generator
+    """A ``torch.Generator`` as is, or a new CPU generator seeded with an int in ``[0, 2**64)``."""
+    if isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
+        return torch.Generator().manual_seed(_check_seed_value(generator, name))
+    raise TypeError(f"{name}: expected a torch.Generator or an int seed, got "
+                    f"{type(generator).__name__}")
+
+
+def check_seeds(seeds, n: int, name: str = "seeds") -> list[int]:
+    """``n`` seeds, each an int in ``[0, 2**64)`` (what ``torch.Generator.manual_seed`` takes).
+
+    Accepts a sequence (list, tuple, range, numpy array) of ints, an integer tensor of 0 or 1
+    dimensions, or one int (or one-element tensor) used for every image. Python ints are kept exact: seeds from 2**63 up
+    do not fit a LongTensor but are valid.
+
+    Returns:
+        list[int]: ``n`` seeds.
+    """
+    if isinstance(seeds, Tensor):
+        if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool:
+            raise TypeError(f"{name}: expected an integer tensor, got dtype {seeds.dtype}")
+        if seeds.ndim > 1:
+            raise ValueError(f"{name}: expected a 0-D or 1-D tensor, got shape {tuple(seeds.shape)}")
+        seeds = seeds.reshape(-1).tolist()
+        if len(seeds) == 1:  # as a 0-D tensor: one seed for every image
+            seeds = seeds[0]
+    elif hasattr(seeds, "tolist") and not isinstance(seeds, (str, bytes)):  # numpy arrays
+        seeds = seeds.tolist()
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        seeds = [seeds] * n
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, range)):
+        raise TypeError(f"{name}: expected a sequence of ints (one seed per image), got "
+                        f"{type(seeds).__name__}")
+    seeds = list(seeds)
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise TypeError(f"{name}: expected a sequence of ints, got {s!r} in it")
+    if len(seeds) != n:
+        raise ValueError(f"{name}: expected {n} values (one per image), got {len(seeds)}")
+    return [_check_seed_value(s, f"{name}[{i}]") for i, s in enumerate(seeds)]
 
 
 def squeeze_channel(x: Tensor, name: str, *, non_empty: bool = False) -> Tensor:

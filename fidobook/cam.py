@@ -15,6 +15,12 @@ segmentations (Over-MAP) and with each other.
 
 Both run the model in eval mode with its parameters frozen and leave every module's mode and
 every parameter's ``requires_grad`` as they were (:func:`fidobook.fido.frozen_model`).
+
+Both check the images against the model (:func:`fidobook._checks.check_model_inputs`): the
+channels it declares (``in_channels``), the dtype of its parameters (no silent cast), values in
+[0, 1]; images that require grad are detached. A map that is not finite (the model's output or
+gradient is NaN or inf) raises :class:`FloatingPointError` naming the images, as a FIDO fit does,
+instead of being normalised into a plausible picture.
 """
 from __future__ import annotations
 
@@ -41,6 +47,14 @@ def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(maps.shape[-2:]) != tuple(size):
         maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     return maps[:, 0]
+
+
+def _check_finite_maps(maps: Tensor, start: int, what: str) -> None:
+    """Raises if a batch of raw maps ``Tensor[B, ...]`` (images ``start, start + 1, …``) is not finite."""
+    bad = ~torch.isfinite(maps.flatten(1)).all(1)
+    if bool(bad.any()):
+        images = (torch.nonzero(bad.cpu()).flatten() + start).tolist()
+        raise FloatingPointError(f"{what} is not finite (NaN or inf) for images {images}")
 
 
 def _check_batch_size(batch_size, n: int) -> int:
@@ -77,7 +91,8 @@ def grad_cam(model: nn.Module, images: Tensor, target=None, *, layer: nn.Module 
     Args:
         model (nn.Module): a classifier, images in [0, 1] → logits ``Tensor[N, K]``, on the images'
             device.
-        images (Tensor[N, C, H, W]): float images in [0, 1].
+        images (Tensor[N, C, H, W]): float images in [0, 1], with the channels the model declares
+            (``in_channels``) and its parameters' dtype; images that require grad are detached.
         target (int, sequence of int, LongTensor[N] or None, optional): the class to explain per
             image; ``None`` explains the model's prediction. Default: None.
         layer (nn.Module, optional): a submodule of ``model`` whose output is ``Tensor[N, C', h, w]``.
@@ -90,6 +105,8 @@ def grad_cam(model: nn.Module, images: Tensor, target=None, *, layer: nn.Module 
 
     Raises:
         TypeError/ValueError: bad images, target, layer or batch size (the message names it).
+        FloatingPointError: the Grad-CAM map of an image is not finite (the model's output or
+            its gradient at ``layer`` is NaN or inf); the message names the images.
 
     Examples::
 
@@ -98,7 +115,7 @@ def grad_cam(model: nn.Module, images: Tensor, target=None, *, layer: nn.Module 
     """
     from captum.attr import LayerAttribution, LayerGradCam
 
-    _checks.check_images(images)
+    images = _checks.check_model_inputs(images, model)
     n, _, height, width = images.shape
     batch_size = _check_batch_size(batch_size, n)
     if layer is None:
@@ -132,6 +149,9 @@ def grad_cam(model: nn.Module, images: Tensor, target=None, *, layer: nn.Module 
             if raw.ndim != 4 or raw.shape[1] != 1:
                 raise ValueError(f"layer: expected an output Tensor[N, C, h, w], Grad-CAM gave "
                                  f"shape {tuple(raw.shape)}")
+            _check_finite_maps(raw, a, f"grad_cam: the Grad-CAM map of {type(model).__name__} at "
+                                       f"layer {type(layer).__name__} (its output or the target "
+                                       f"logit's gradient)")
             up = LayerAttribution.interpolate(raw.detach(), (height, width),
                                               interpolate_mode="bilinear")  # (B, 1, H, W)
             maps.append(up[:, 0])
@@ -199,7 +219,8 @@ def cbam_attention(model: nn.Module, images: Tensor, *, reduce: str = "mean",
     Args:
         model (nn.Module): a classifier with ``cbam_modules`` (fidobook's ``SmallCNN`` and CBAM
             ResNets), on the images' device.
-        images (Tensor[N, C, H, W]): float images in [0, 1].
+        images (Tensor[N, C, H, W]): float images in [0, 1], with the channels the model declares
+            (``in_channels``) and its parameters' dtype; images that require grad are detached.
         reduce (str, optional): ``"mean"`` of the upsampled maps of all blocks, their ``"max"``,
             or only the ``"last"`` (deepest) or ``"first"`` block's. Default: ``"mean"``.
         batch_size (int, optional): images per forward pass; None: all at once. Default: None.
@@ -209,8 +230,10 @@ def cbam_attention(model: nn.Module, images: Tensor, *, reduce: str = "mean",
 
     Raises:
         ValueError: the model has no CBAM block, or a bad argument (the message names it).
+        FloatingPointError: a block's attention map is not finite (the message names the
+            images).
     """
-    _checks.check_images(images)
+    images = _checks.check_model_inputs(images, model)
     _checks.check_choice(reduce, "reduce", CAM_REDUCTIONS)
     n, _, height, width = images.shape
     batch_size = _check_batch_size(batch_size, n)
@@ -225,5 +248,7 @@ def cbam_attention(model: nn.Module, images: Tensor, *, reduce: str = "mean",
             model(images[a:a + batch_size])
             # pop(): only this batch's maps are kept alive.
             ups = torch.stack([_upsample(store.pop(), (height, width)) for store in captured])  # (M, B, H, W)
+            _check_finite_maps(ups.transpose(0, 1), a, f"cbam_attention: the spatial attention of "
+                                                       f"{type(model).__name__}'s CBAM blocks")
             out.append(ups.amax(0) if reduce == "max" else ups.mean(0))
     return normalize_maps(torch.cat(out).to(images.dtype))

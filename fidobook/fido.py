@@ -21,6 +21,17 @@ linearly from 0 to 1 over ``warmup`` steps. The loss of the batch is the **sum**
 AdamW acts element-wise, so each image's masks are optimised independently of the others: with
 the noise drawn from one generator per image, fitting N images together gives the masks of N
 separate fits, at the cost of one forward pass per step.
+
+Non-finite numbers stop a fit with a :class:`FloatingPointError` (not a ``ValueError``: the
+arguments were fine, the arithmetic was not). The model's output is checked through what the fit
+uses of it, the target's log-odds and probability per row: NaN or +inf anywhere in a row of
+logits makes them NaN (a −inf logit of another class is harmless and allowed). The clean images
+are checked before the first step. Then, per step and image, the masked inputs' log-odds and
+probabilities (hence the loss) and the mask logits θ after the update are flagged on the device;
+the flags are read after every step on a CPU and after every :data:`FINITE_CHECK_EVERY` steps
+(and the last) elsewhere, so a GPU fit waits for no host synchronisation per step. The message
+names what went non-finite (the model's output or θ), the first step at which it did and the
+images. Flagging costs a few small tensor operations per step.
 """
 from __future__ import annotations
 
@@ -41,6 +52,10 @@ from .infill import INFILLS, RANDOM_INFILLS
 from .samplers import SAMPLERS, MaskSampler, get_sampler, open_uniform
 
 __all__ = ["FIDOConfig", "FIDOResult", "FIDO", "log_odds", "total_variation", "frozen_model"]
+
+#: On devices other than the CPU, the finiteness flags of a fit are read (one host
+#: synchronisation) after every this many steps and after the last; on a CPU after every step.
+FINITE_CHECK_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -264,6 +279,51 @@ def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def _finite_check_every(device: torch.device) -> int:
+    """Steps between two reads of the finiteness flags: 1 on a CPU (a read waits for nothing there)."""
+    return 1 if device.type == "cpu" else FINITE_CHECK_EVERY
+
+
+def _bad_images(flags: Tensor) -> list[int]:
+    return torch.nonzero(flags.cpu()).flatten().tolist()
+
+
+def _check_clean_logits(logits: Tensor, targets: Tensor) -> None:
+    """The target's log-odds and probability from ``logits`` (Tensor[N, K]) must be finite."""
+    with torch.no_grad():
+        probe = log_odds(logits, targets) + logits.softmax(1).gather(1, targets[:, None]).squeeze(1)
+    bad = ~torch.isfinite(probe)
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"model: the forward pass returned logits without a finite target log-odds or "
+            f"probability (NaN or +inf logits, a -inf target logit, or log-odds that overflow) on "
+            f"the clean images, before step 1, for images {_bad_images(bad)}")
+
+
+def _raise_nonfinite(finite: Tensor, start: int, stop: int, iterations: int) -> None:
+    """Raises on the first step in ``[start, stop)`` with a false flag in ``finite``.
+
+    ``finite`` (BoolTensor[2, T, N]): per step and image, [0] the model's output on the masked
+    inputs (log-odds and probabilities of the target), [1] the mask logits θ after the step.
+    """
+    window = finite[:, start:stop]
+    if bool(window.all()):
+        return
+    bad = ~window.cpu()
+    step = int(torch.nonzero(bad.any(2).any(0)).min())  # first bad step in the window
+    at = f"at step {start + step + 1} of {iterations}"
+    if bool(bad[0, step].any()):
+        raise FloatingPointError(
+            f"model: the forward pass returned logits without a finite target log-odds or "
+            f"probability (NaN or +inf logits, a -inf target logit, or log-odds that overflow) on "
+            f"the masked inputs {at} for images {_bad_images(bad[0, step])}: the loss is not "
+            f"finite there and the masks would be NaN")
+    raise FloatingPointError(
+        f"theta: the mask logits became non-finite {at} for images {_bad_images(bad[1, step])} "
+        f"although the model's logits were finite (the model's gradient with respect to its "
+        f"input is NaN or inf, or the optimiser diverged)")
+
+
 class FIDO:
     """Fits SSR and SDR masks for a batch of images (Chang et al., 2019; Korsch et al., 2023).
 
@@ -306,36 +366,59 @@ class FIDO:
         """Learns SSR and SDR masks for every image at once.
 
         Args:
-            images (Tensor[N, C, H, W]): float images in [0, 1], on the model's device.
+            images (Tensor[N, C, H, W]): float images in [0, 1], on the model's device, with the
+                channels the model declares (``model.in_channels``, if it has one) and the dtype
+                of its parameters. Images that require grad are detached (the fit differentiates
+                with respect to the masks only and leaves the caller's graph alone).
             targets: the class to explain: an int, a sequence of N ints or ``LongTensor[N]``;
                 ``None`` explains the model's prediction.
-            generator: draws one seed per image when ``seeds`` is not given (``None``: torch's
-                global generator).
+            generator: draws one seed per image when ``seeds`` is not given: a
+                ``torch.Generator`` (on any device), an int (the seed of a new CPU generator) or
+                ``None`` (torch's global generator).
             progress: show a progress bar over the iterations.
-            seeds: one int per image; image ``i``'s noise comes from a generator seeded with
-                ``seeds[i]``, so its masks do not depend on the other images in the batch.
+            seeds: one int in ``[0, 2**64)`` per image (a single int is used for every image);
+                image ``i``'s noise comes from a generator seeded with ``seeds[i]``, so its masks
+                do not depend on the other images in the batch.
             snapshots: 1-based iterations (each in ``[1, iterations]``) after which the logits
                 θ are also recorded (detached copies, ``result.snapshots[k]``); one fit then
                 gives the masks at several iteration counts (:meth:`FIDOResult.maps_at`).
 
         Returns:
             FIDOResult: maps ``(N, H, W)``, logits, history.
+
+        Raises:
+            TypeError/ValueError: a bad argument (the message names it), e.g. images with the
+                wrong channels or dtype, a ``mask_size`` larger than the images, seeds outside
+                ``[0, 2**64)``.
+            FloatingPointError: the model's output (on the clean or on the masked images: the
+                target's log-odds or probability, hence the loss) or the mask logits θ are not
+                finite; the message names which, the first step at which they were and the
+                images (see the module docstring).
         """
         cfg = self.config
         snapshots = _check_snapshots(snapshots, cfg.iterations)
-        # Models that declare their input channels (fidobook's do) get the count checked here.
-        _checks.check_images(images, channels=getattr(self.model, "in_channels", None))
+        # Channels (models that declare in_channels: fidobook's do), dtype against the model's
+        # parameters, values; images that require grad come back detached.
+        images = _checks.check_model_inputs(images, self.model)
         n, c, height, width = images.shape
         device, dtype = images.device, images.dtype
+        h, w = _mask_hw(cfg, height, width)
+        if h > height or w > width:
+            raise ValueError(f"mask_size: expected at most the image size ({height}, {width}), got "
+                             f"{cfg.mask_size!r}, i.e. a ({h}, {w}) mask")
+        if generator is not None:
+            generator = _checks.check_generator(generator)
+        if seeds is not None:
+            seeds = _checks.check_seeds(seeds, n)
         t0 = time.perf_counter()
 
         with frozen_model(self.model) as model, torch.no_grad():
             clean = _checks.check_logits_output(model(images), n)
         num_classes = clean.shape[1]
         targets = clean.argmax(1) if targets is None else _checks.check_targets(targets, n, num_classes, device=device)
+        _check_clean_logits(clean, targets)
         generators = self._generators(seeds, n, generator, device)
 
-        h, w = _mask_hw(cfg, height, width)
         s = cfg.samples
         rows = 2 * n * s
         chunk = cfg.max_batch or rows
@@ -358,6 +441,10 @@ class FIDO:
         hist = {k: torch.zeros((cfg.iterations, n), device=device, dtype=dtype)
                 for k in ("loss", "ssr_prob", "sdr_prob", "l1", "tv")}
         recorded: dict[int, Tensor] = {}
+        # Finiteness per step and image, kept on the device and read every `every` steps:
+        # [0] the model's output on the masked inputs (log-odds, probabilities), [1] θ after the step.
+        finite = torch.ones((2, cfg.iterations, n), dtype=torch.bool, device=device)
+        every, checked = _finite_check_every(device), 0
 
         with frozen_model(self.model) as model:
             for step in tqdm(range(cfg.iterations), disable=not progress, desc="FIDO", leave=False):
@@ -413,6 +500,12 @@ class FIDO:
                     hist["sdr_prob"][step] = prob_all[n * s :].view(n, s).mean(1)
                     hist["l1"][step] = l1.detach()
                     hist["tv"][step] = tv.detach()
+                    # NaN and inf survive sums: one value per image is finite iff all its terms are.
+                    output = objective + hist["ssr_prob"][step] + hist["sdr_prob"][step]  # (N,)
+                    finite[:, step] = torch.isfinite(torch.stack([output, theta.sum(dim=(0, 2, 3))]))
+                if step + 1 - checked == every or step + 1 == cfg.iterations:
+                    _raise_nonfinite(finite, checked, step + 1, cfg.iterations)
+                    checked = step + 1
 
         theta = theta.detach()
         ssr, sdr, joint = _maps(theta, (height, width))
@@ -427,21 +520,25 @@ class FIDO:
         """Captum-style attribution: fits the masks and returns one map per image.
 
         Args:
-            inputs (Tensor[N, C, H, W]): images in [0, 1].
+            inputs (Tensor[N, C, H, W]): images in [0, 1] (checked as ``images`` in :meth:`fit`).
             target: int, sequence, ``LongTensor[N]`` or ``None`` (the prediction).
             kind: ``"joint"``, ``"ssr"`` or ``"sdr"``.
 
         Returns:
             Tensor[N, 1, H, W]: the attribution map, in [0, 1].
+
+        Raises:
+            TypeError/ValueError/FloatingPointError: as :meth:`fit`.
         """
         _checks.check_choice(kind, "kind", ["joint", "ssr", "sdr"])
+        inputs = _checks.check_model_inputs(inputs, self.model, "inputs")
         result = self.fit(inputs, target, generator=generator, progress=progress, seeds=seeds)
         return getattr(result, kind)[:, None]
 
     @staticmethod
-    def _generators(seeds, n: int, generator, device) -> list[torch.Generator]:
+    def _generators(seeds: list[int] | None, n: int, generator, device) -> list[torch.Generator]:
+        """One generator per image on ``device``; ``seeds`` already checked, or drawn from ``generator``."""
         if seeds is None:
-            seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
-        else:
-            seeds = _checks.check_targets(seeds, n, None, name="seeds").tolist()
-        return [torch.Generator(device=device).manual_seed(int(sd)) for sd in seeds]
+            where = generator.device if generator is not None else None  # a CUDA generator draws there
+            seeds = torch.randint(0, 2**62, (n,), generator=generator, device=where).tolist()
+        return [torch.Generator(device=device).manual_seed(sd) for sd in seeds]

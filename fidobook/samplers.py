@@ -84,7 +84,9 @@ class MaskSampler:
         Args:
             logits (Tensor[*]): keep logits θ (float, finite).
             n: number of samples.
-            generator: source of the uniforms; ``None`` uses torch's global generator.
+            generator: source of the uniforms: a ``torch.Generator`` on ``logits``' device, an
+                int (the seed of a new CPU generator, in ``[0, 2**64)``) or ``None`` (torch's
+                global generator).
 
         Returns:
             Tensor[n, *logits.shape]: keep-masks in (0, 1), differentiable in ``logits``.
@@ -92,6 +94,8 @@ class MaskSampler:
         _checks.check_float(logits, "logits")
         _checks.check_finite(logits, "logits")
         _checks.check_positive_int(n, "n")
+        if generator is not None:
+            generator = _checks.check_generator(generator)
         u = open_uniform((n, *logits.shape), generator=generator, dtype=logits.dtype, device=logits.device)
         return self.relax(logits, u)
 
@@ -116,9 +120,32 @@ def open_uniform(shape, generator=None, dtype=torch.float32, device=None) -> Ten
 class ConcreteDropout(MaskSampler):
     """FIDO's concrete dropout, computed in its original nested form (default ``t = 0.1``).
 
+    The guard ``eps`` differs from the reference codes'. FIDO-saliency's
+    ``concrete_dropout_neuron`` (``arch/binary/ConcreteNeuron.py``) and fido-pytorch's
+    ``concrete_dropout`` (``src/concrete_dropout/default.py``) both use
+    ``numpy.finfo(float).eps`` ≈ 2.2e-16, the float64 machine epsilon. fidobook defaults to 1e-7,
+    about the float32 machine epsilon (1.19e-7), because it computes in float32:
+
+    - float32 cannot resolve ``1 − p`` below 2**-24 ≈ 6e-8 (the gap below 1). A guard of
+      2.2e-16 is lost when added to anything larger, so it acts only where ``1 − p`` is exactly
+      0: the term ``log(p+ε) − log(1−p+ε)`` follows −θ (ever more coarsely, as float32 rounds
+      ``1 − p``: 5e-4 off at θ = −10) until ``σ(−θ)`` rounds to 1 at θ ≈ −16.6, and there leaps
+      to −log(2.2e-16) ≈ 36.0. On the keep side ``p`` stays representable until θ ≈ 88, so
+      there the term follows −θ far beyond θ = 16.
+    - With 1e-7 the term saturates smoothly and symmetrically at ±16.1 (= −log 1e-7), near where
+      float32 stops resolving ``1 − p`` anyway. The price: for ``|θ| ≳ 10`` it departs from −θ
+      (by 2e-3 to 3e-3 at ``|θ| = 10``), its derivative shrinks (to about half at
+      ``|θ| = 16``), and the uniform's logistic noise is capped near ±16 (±15.65 for the
+      smallest non-zero float32 draw, 2**-24) instead of ±16.6.
+
+    The freeze this class exists to show (the gradient is exactly 0 once ``σ(−θ)`` rounds to 1,
+    θ ≲ −16.6) happens with either value. ``eps=float(numpy.finfo(float).eps)`` reproduces the
+    reference codes' arithmetic.
+
     Args:
         temperature: ``t``; default 0.1 as in FIDO.
-        eps: the guard inside every log, as in the original code (default 1e-7).
+        eps: the guard added inside every log; default 1e-7 (see above; the reference codes use
+            2.2e-16).
     """
 
     default_temperature = 0.1

@@ -242,3 +242,58 @@ class TestCBAMAttention:
         with pytest.raises(TypeError, match=r"modules\[0\]"):
             with attention_maps(plain, [plain.fc]):
                 pass
+
+
+class NaNForColour(ChannelPool):
+    """ChannelPool whose logits (and so their gradient) are NaN for images with channel ``colour`` on."""
+
+    def __init__(self, colour):
+        super().__init__()
+        self.colour = colour
+
+    def forward(self, x):
+        out = super().forward(x)
+        hit = x[:, self.colour].flatten(1).amax(1) > 0  # (N,)
+        scale = torch.where(hit, float("nan"), 1.0)  # a constant: the other rows' gradient stays finite
+        return out * scale[:, None]
+
+
+class TestModelInputs:
+    """grad_cam and cbam_attention check images against the model (fidobook._checks.check_model_inputs)."""
+
+    @pytest.mark.parametrize("explain", [grad_cam, cbam_attention])
+    def test_channels_dtype_and_grad(self, explain):
+        import warnings
+
+        model = SmallCNN(3, width=8)
+        x = torch.rand(2, 3, 32, 32)
+        with pytest.raises(ValueError, match=r"images: expected 3 channels, got 1"):
+            explain(model, x[:, :1])  # fidobook's model declares in_channels = 3
+        with pytest.raises(TypeError, match=r"images: expected dtype torch.float32 .*got torch.float64"):
+            explain(model, x.double())
+        xg = x.clone().requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            maps = explain(model, xg)
+        assert xg.grad is None and not maps.requires_grad
+        torch.testing.assert_close(maps, explain(model, x), rtol=0, atol=0)
+
+
+class TestNonFinite:
+    def test_grad_cam_names_the_images_with_nan(self):
+        x = torch.cat([_square_image(colour=0), _square_image(colour=1), _square_image(colour=2)])
+        with pytest.raises(FloatingPointError, match=r"grad_cam: the Grad-CAM map of NaNForColour at layer AvgPool2d "
+                                                     r".* is not finite \(NaN or inf\) for images \[1\]$"):
+            grad_cam(NaNForColour(1), x, 0)
+        with pytest.raises(FloatingPointError, match=r"for images \[2\]$"):  # the image, not its row in the batch
+            grad_cam(NaNForColour(2), x, 0, batch_size=2)
+        assert grad_cam(NaNForColour(0), x[1:], 0).isfinite().all()
+
+    def test_cbam_attention_names_the_images_with_nan(self):
+        model = CBAMNet().eval()
+        with torch.no_grad():
+            model.conv.bias[0] = float("nan")
+        with pytest.raises(FloatingPointError, match=r"cbam_attention: the spatial attention of CBAMNet's "
+                                                     r"CBAM blocks is not finite \(NaN or inf\) for images \[0, 1, 2\]$"):
+            cbam_attention(model, torch.rand(3, 3, 8, 8))
+        assert all(len(m._forward_hooks) == 0 for m in model.modules())

@@ -310,3 +310,193 @@ class TestSnapshots:
             f.fit(x, seeds=[0], snapshots=[1.5])
         with pytest.raises(TypeError, match="snapshots: expected a sequence of ints"):
             f.fit(x, seeds=[0], snapshots=2)
+
+
+class Faulty(nn.Module):
+    """Wraps a classifier and replaces the logits of chosen rows by ``value`` (a number or K of them).
+
+    ``when="masked"`` hits rows whose input is masked (bright_images are >= 0.75 everywhere, so a
+    pixel below 0.7 means the infill shows), ``"always"`` every row; ``images`` restricts it to
+    the images at those batch positions of the clean batch (masked rows carry the image index in
+    ``row_image``, whose order FIDO fixes: kind, image, sample). ``from_call`` skips earlier
+    forward passes (call 0 is the clean forward, call k the k-th step's when max_batch is None).
+    """
+
+    in_channels = 3
+
+    def __init__(self, inner, value, when="masked", images=None, from_call=0, samples=1, n=2):
+        super().__init__()
+        self.inner, self.value, self.when, self.from_call = inner, value, when, from_call
+        self.images, self.samples, self.n = images, samples, n
+        self.calls = 0
+
+    def forward(self, x):
+        z = self.inner(x)
+        call, self.calls = self.calls, self.calls + 1
+        hit = torch.ones(len(x), dtype=torch.bool)
+        if self.when == "masked":
+            hit &= (x < 0.7).flatten(1).any(1)
+        if self.images is not None:
+            index = torch.arange(len(x)) if call == 0 else torch.arange(len(x)) // self.samples % self.n
+            hit &= torch.isin(index, torch.tensor(self.images))
+        if call < self.from_call:
+            hit[:] = False
+        return torch.where(hit[:, None], torch.tensor(self.value, dtype=z.dtype).expand_as(z), z)
+
+
+class _NaNGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.full_like(g, float("nan"))
+
+
+class NaNGradient(RegionClassifier):
+    """Finite logits whose gradient with respect to the input is NaN."""
+
+    def forward(self, x):
+        return super().forward(_NaNGrad.apply(x))
+
+
+class TestNonFinite:
+    """A model's NaN or inf stops a fit with FloatingPointError naming the output, step and images."""
+
+    FAST = dict(iterations=3, samples=2, infill="zeros")
+
+    def test_nan_on_masked_inputs_of_one_image(self):
+        model = Faulty(RegionClassifier(), float("nan"), images=[1], samples=2)
+        with pytest.raises(FloatingPointError,
+                           match=r"model: .* on the masked inputs at step 1 of 3 for images \[1\]: "):
+            FIDO(model, **self.FAST).fit(bright_images(2), 0, seeds=[0, 1])
+        assert model.calls == 2  # the clean forward and step 1: it stops at once on a CPU
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf")])
+    def test_clean_forward_checked_before_the_first_step(self, value):
+        model = Faulty(RegionClassifier(), value, when="always", images=[0])
+        with pytest.raises(FloatingPointError, match=r"model: .* clean images, before step 1, for images \[0\]$"):
+            FIDO(model, **self.FAST).fit(bright_images(2), 0, seeds=[0, 1])
+        assert model.calls == 1
+
+    @pytest.mark.parametrize("value", [float("inf"), float("-inf"), (3e38, -3e38)], ids=["inf", "-inf", "overflow"])
+    def test_inf_or_overflowing_logits_on_masked_inputs(self, value):
+        # +inf: the softmax is NaN; -inf on every class: the log-odds is NaN; finite logits
+        # (3e38, -3e38): the log-odds 6e38 overflows float32.
+        model = Faulty(RegionClassifier(), value)
+        with pytest.raises(FloatingPointError, match=r"model: .* at step 1 of 3 for images \[0, 1\]"):
+            FIDO(model, **self.FAST).fit(bright_images(2), 0, seeds=[0, 1])
+
+    def test_minus_inf_logit_of_another_class_is_harmless(self):
+        class ThirdClassImpossible(RegionClassifier):
+            def forward(self, x):
+                z = super().forward(x)
+                return torch.cat([z, torch.full_like(z[:, :1], float("-inf"))], 1)
+
+        x = bright_images(2)
+        res = FIDO(ThirdClassImpossible(), **self.FAST).fit(x, 0, seeds=[0, 1])
+        ref = FIDO(RegionClassifier(), **self.FAST).fit(x, 0, seeds=[0, 1])
+        assert torch.equal(res.logits, ref.logits)
+        assert all(bool(torch.isfinite(v).all()) for v in res.history.values())
+
+    def test_nan_gradient_is_caught_in_theta(self):
+        with pytest.raises(FloatingPointError,
+                           match=r"theta: the mask logits became non-finite at step 1 of 3 for images \[0, 1\]"):
+            FIDO(NaNGradient(), **self.FAST).fit(bright_images(2), 0, seeds=[0, 1])
+
+    def test_deferred_check_reports_the_first_bad_step(self, monkeypatch):
+        # The CUDA path (flags read every k steps) exercised on a CPU.
+        import fidobook.fido as fido_module
+
+        monkeypatch.setattr(fido_module, "_finite_check_every", lambda device: 4)
+        cfg = dict(iterations=10, samples=2, infill="zeros")
+        model = Faulty(RegionClassifier(), float("nan"), images=[0], samples=2, from_call=2)
+        with pytest.raises(FloatingPointError, match=r"model: .* at step 2 of 10 for images \[0\]"):
+            FIDO(model, **cfg).fit(bright_images(2), 0, seeds=[0, 1])
+        assert model.calls == 1 + 4  # read after step 4, not after every step
+        # Reading the flags less often changes no number, and the last step is always read.
+        x = bright_images(2)
+        deferred = FIDO(RegionClassifier(), **cfg).fit(x, 0, seeds=[0, 1])
+        monkeypatch.setattr(fido_module, "_finite_check_every", lambda device: 1)
+        assert torch.equal(deferred.logits, FIDO(RegionClassifier(), **cfg).fit(x, 0, seeds=[0, 1]).logits)
+        monkeypatch.setattr(fido_module, "_finite_check_every", lambda device: 4)
+        late = Faulty(RegionClassifier(), float("nan"), from_call=9)  # steps 9, 10: after the last read
+        with pytest.raises(FloatingPointError, match=r"at step 9 of 10"):
+            FIDO(late, **cfg).fit(x, 0, seeds=[0, 1])
+        assert late.calls == 1 + 10
+
+    def test_check_reads_the_device_only_every_k_steps_off_the_cpu(self):
+        import fidobook.fido as fido_module
+
+        assert fido_module._finite_check_every(torch.device("cpu")) == 1
+        assert fido_module._finite_check_every(torch.device("cuda", 0)) == fido_module.FINITE_CHECK_EVERY > 1
+
+
+class TestModelInputs:
+    def test_dtype_channels_and_attribute_name_the_argument(self):
+        from fidobook.models import SmallCNN
+
+        f = FIDO(SmallCNN(3, width=4), FIDOConfig(iterations=1, samples=1))
+        with pytest.raises(ValueError, match=r"images: expected 3 channels, got 1"):
+            f.fit(torch.rand(1, 1, 16, 16))  # fidobook's own model declares its channels
+        with pytest.raises(TypeError, match=r"images: expected dtype torch.float32 .*got torch.float64"):
+            f.fit(torch.rand(1, 3, 16, 16, dtype=torch.float64))
+        with pytest.raises(ValueError, match=r"inputs: expected 3 channels"):
+            f.attribute(torch.rand(1, 1, 16, 16))
+
+    def test_images_requiring_grad_are_detached(self):
+        import warnings
+
+        x = bright_images(2)
+        xg = x.clone().requires_grad_(True)
+        f = FIDO(RegionClassifier(), FIDOConfig(iterations=3, samples=2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = f.fit(xg, 0, seeds=[0, 1])
+        assert xg.grad is None and not res.logits.requires_grad and not res.ssr.requires_grad
+        assert torch.equal(res.logits, f.fit(x, 0, seeds=[0, 1]).logits)
+
+    def test_mask_size_larger_than_the_image(self):
+        model = Faulty(RegionClassifier(), 0.0, when="always")
+        x = bright_images(1)  # 16 x 16
+        for size in (17, (8, 20)):
+            with pytest.raises(ValueError, match=r"mask_size: expected at most the image size \(16, 16\), got "):
+                FIDO(model, FIDOConfig(iterations=1, samples=1, mask_size=size)).fit(x)
+        assert model.calls == 0  # refused before any forward pass
+        res = FIDO(RegionClassifier(), FIDOConfig(iterations=1, samples=1, mask_size=(16, 4))).fit(x, seeds=[0])
+        assert res.logits.shape == (2, 1, 16, 4)
+
+    def test_seeds(self):
+        f = FIDO(RegionClassifier(), FIDOConfig(iterations=2, samples=1))
+        x = bright_images(2)
+        for bad in ([2**64, 0], [0, -1]):
+            with pytest.raises(ValueError, match=r"seeds\[\d\]: expected an int seed in \[0, 2\*\*64\), got"):
+                f.fit(x, seeds=bad)
+        with pytest.raises(TypeError, match="seeds: expected a sequence of ints"):
+            f.fit(x, seeds=[0.5, 1])
+        with pytest.raises(TypeError, match="seeds: expected an integer tensor"):
+            f.fit(x, seeds=torch.tensor([0.0, 1.0]))
+        with pytest.raises(ValueError, match=r"seeds: expected 2 values \(one per image\), got 3"):
+            f.fit(x, seeds=range(3))
+        # The whole range manual_seed takes works, including seeds a LongTensor cannot hold.
+        big = f.fit(x, seeds=[2**64 - 1, 2**63])
+        assert not torch.equal(big.logits[:, 0], big.logits[:, 1])
+        assert torch.equal(big.logits, f.fit(x, seeds=[2**64 - 1, 2**63]).logits)
+        ref = f.fit(x, seeds=[3, 4]).logits
+        for same in ((3, 4), np.array([3, 4]), torch.tensor([3, 4]), range(3, 5)):
+            assert torch.equal(f.fit(x, seeds=same).logits, ref)
+        one = f.fit(x, seeds=7).logits  # one int: the same seed for every image
+        assert torch.equal(one, f.fit(x, seeds=[7, 7]).logits)
+
+    def test_generator_int_is_a_seed(self):
+        f = FIDO(RegionClassifier(), FIDOConfig(iterations=2, samples=1))
+        x = bright_images(2)
+        a = f.fit(x, generator=0)
+        assert torch.equal(a.logits, f.fit(x, generator=torch.Generator().manual_seed(0)).logits)
+        assert not torch.equal(a.logits, f.fit(x, generator=1).logits)
+        with pytest.raises(TypeError, match="generator: expected a torch.Generator or an int seed, got str"):
+            f.fit(x, generator="0")
+        for bad in (-1, 2**64):
+            with pytest.raises(ValueError, match=r"generator: expected an int seed in \[0, 2\*\*64\)"):
+                f.fit(x, generator=bad)

@@ -4,7 +4,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fidobook.models import (CBAM, IMAGENET_MEAN, IMAGENET_STD, Normalize, SmallCNN,
+from fidobook.models import (CBAM, IMAGENET_MEAN, IMAGENET_STD, Normalize, SegNet, SmallCNN,
                              SpatialAttention, load_weights, mc_dropout, resnet)
 
 
@@ -256,3 +256,20 @@ class TestResNet:
     def test_bad_name(self):
         with pytest.raises(ValueError, match="resnet18"):
             resnet("resnet19", 3)
+
+
+class TestInChannels:
+    """fidobook's models declare the channels they take; the public entry points check images against it."""
+
+    @pytest.mark.parametrize("build", [lambda: SmallCNN(3, width=4), lambda: resnet("resnet18", num_classes=3),
+                                       lambda: SegNet(width=4, levels=1)], ids=["SmallCNN", "ResNet", "SegNet"])
+    def test_declared_channels_match_the_first_conv(self, build):
+        from fidobook._checks import check_model_inputs
+
+        model = build()
+        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        assert model.in_channels == first.in_channels == 3
+        with pytest.raises(ValueError, match=r"images: expected 3 channels, got 1"):
+            check_model_inputs(torch.rand(1, 1, 16, 16), model)
+        x = torch.rand(1, 3, 16, 16)
+        assert check_model_inputs(x, model) is x

@@ -161,3 +161,61 @@ class TestBadInput:
             get_sampler("gumbel")
         assert isinstance(get_sampler("cd", 0.5), ConcreteDropout)
         assert get_sampler("scd", 0.5).temperature == 0.5
+
+
+class TestConcreteDropoutEps:
+    """The numbers ConcreteDropout's docstring gives for its eps (1e-7) against the reference codes'
+    numpy.finfo(float).eps (2.2e-16), in float32."""
+
+    REF_EPS = 2.220446049250313e-16  # numpy.finfo(float).eps
+
+    @staticmethod
+    def log_odds(theta, eps):
+        """CD's inner term log(p + ε) − log(1 − p + ε) with p = σ(−θ), and its derivative in θ."""
+        theta = theta.clone().requires_grad_(True)
+        p = torch.sigmoid(-theta)
+        term = torch.log(p + eps) - torch.log(1.0 - p + eps)
+        (g,) = torch.autograd.grad(term.sum(), theta)
+        return term.detach(), g
+
+    def test_default_is_1e7_not_the_reference_float64_epsilon(self):
+        assert ConcreteDropout().eps == 1e-7
+        assert ConcreteDropout(eps=self.REF_EPS).eps == self.REF_EPS
+        assert abs(1e-7 - torch.finfo(torch.float32).eps) < 2e-8  # about float32's epsilon
+
+    def test_reference_eps_jumps_where_float32_rounds_and_1e7_saturates(self):
+        theta = torch.tensor([-17.0, -10.0, 10.0, 20.0])
+        ref, _ = self.log_odds(theta, self.REF_EPS)
+        ours, _ = self.log_odds(theta, 1e-7)
+        assert abs(ref[0].item() - (-math.log(self.REF_EPS))) < 1e-3  # leaps to ≈ 36 at θ = −17
+        assert abs(ref[3].item() + 20.0) < 1e-4  # the keep side follows −θ beyond 16
+        cap = -math.log(1e-7)  # ≈ 16.1, both sides
+        assert abs(ours[0].item() - cap) < 1e-3 and abs(ours[3].item() + cap) < 0.05
+        # float32 rounds 1 − p on the drop side (5e-4 off at θ = −10); the keep side is exact.
+        assert abs(ref[1].item() - 10.0) < 1e-3 and abs(ref[2].item() + 10.0) < 1e-5
+        assert ((ours[1:3] + theta[1:3]).abs() > 2e-3).all() and ((ours[1:3] + theta[1:3]).abs() < 3e-3).all()
+
+    def test_derivative_halves_at_16_and_freezes_with_either_eps(self):
+        theta = torch.tensor([-17.0, -16.0, 16.0])
+        _, g_ref = self.log_odds(theta, self.REF_EPS)
+        _, g_ours = self.log_odds(theta, 1e-7)
+        assert g_ref[0] == 0 and g_ours[0] == 0  # σ(17) rounds to 1: frozen either way
+        assert torch.allclose(g_ref[1:], torch.tensor([-1.0, -1.0]))
+        assert ((g_ours[1:] < -0.45) & (g_ours[1:] > -0.6)).all()
+
+    def test_noise_capped_near_16(self):
+        v = torch.tensor([2.0**-24])
+        for eps, cap in ((1e-7, 15.65), (self.REF_EPS, 16.64)):
+            noise = torch.log(v + eps) - torch.log(1 - v + eps)
+            assert abs(noise.item() + cap) < 0.01
+
+
+class TestGenerator:
+    @pytest.mark.parametrize("cls", SAMPLER_CLASSES)
+    def test_int_generator_is_a_seed(self, cls):
+        s, theta = cls(), torch.zeros(4)
+        assert torch.equal(s.sample(theta, 3, generator=0), s.sample(theta, 3, generator=torch.Generator().manual_seed(0)))
+        with pytest.raises(TypeError, match="generator: expected a torch.Generator or an int seed, got str"):
+            s.sample(theta, 3, generator="0")
+        with pytest.raises(ValueError, match=r"generator: expected an int seed in \[0, 2\*\*64\), got -1"):
+            s.sample(theta, 3, generator=-1)
