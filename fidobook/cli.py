@@ -250,7 +250,7 @@ def cmd_masks(args) -> int:
         iterations=profile.fido_iterations if args.iterations is None else args.iterations,
         samples=profile.fido_samples if args.samples is None else args.samples,
         sampler=args.sampler, temperature=args.temperature, mask_size=mask_size,
-        infill=args.infill, max_batch=args.max_batch)
+        infill=args.infill)
     # JSON round trip: the settings compare equal to what the manifest and the records hold.
     settings = json.loads(json.dumps(
         {"profile": profile.name, "split": args.split, "n_images": len(ids), "batch": args.batch,
@@ -304,7 +304,7 @@ def cmd_masks(args) -> int:
         y = labels[s : s + args.batch].to(device) if args.target == "label" else None
         seeds = [args.seed * _SEED_STRIDE + int(i) for i in batch_ids]
         try:
-            res = fido.fit(x, y, seeds=seeds, progress=args.progress)
+            res = fido.fit(x, y, seeds=seeds, progress=args.progress, max_batch=args.max_batch)
         except Exception as e:
             e.add_note(f"fidobook masks: while computing batch {b} (images {_id_range(batch_ids)}) "
                        f"for {path}")

@@ -76,8 +76,6 @@ class FIDOConfig:
         sampler: ``"cd"`` (concrete dropout) or ``"scd"`` (simplified concrete dropout).
         temperature: sampler temperature; ``None`` takes the sampler's default (CD 0.1, SCD 1.0).
         infill: name of the infill (see :data:`fidobook.infill.INFILLS`).
-        max_batch: the most model inputs in one forward pass (rows = 2 · images · samples);
-            ``None`` puts all rows of a step in one pass. Only memory and speed depend on it.
     """
 
     iterations: int = 100
@@ -92,7 +90,6 @@ class FIDOConfig:
     sampler: str = "scd"
     temperature: float | None = None
     infill: str = "blur"
-    max_batch: int | None = None
 
     def __post_init__(self) -> None:
         _checks.check_positive_int(self.iterations, "iterations")
@@ -107,8 +104,6 @@ class FIDOConfig:
         _checks.check_choice(self.infill, "infill", list(INFILLS))
         if self.temperature is not None:
             _checks.check_positive_float(self.temperature, "temperature")
-        if self.max_batch is not None:
-            _checks.check_positive_int(self.max_batch, "max_batch")
         if self.mask_size is not None:
             sizes = (self.mask_size,) if isinstance(self.mask_size, int) else self.mask_size
             if (
@@ -117,6 +112,10 @@ class FIDOConfig:
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)
             ):
                 raise ValueError(f"mask_size: expected None, an int >= 1 or a pair (h, w), got {self.mask_size!r}")
+
+    def snapshot_steps(self, snapshots) -> tuple[int, ...]:
+        """``snapshots`` checked against :attr:`iterations`: sorted, de-duplicated 1-based steps."""
+        return _check_snapshots(snapshots, self.iterations)
 
     def make_sampler(self) -> MaskSampler:
         return get_sampler(self.sampler, self.temperature)
@@ -153,6 +152,47 @@ class FIDOResult:
     model_evaluations: int = 0
     seconds: float = 0.0
     snapshots: dict[int, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_logits(cls, logits: Tensor, size: tuple[int, int], *, targets: Tensor,
+                    history: dict[str, Tensor], config: FIDOConfig, model_evaluations: int = 0,
+                    seconds: float = 0.0, snapshots: dict[int, Tensor] | None = None) -> "FIDOResult":
+        """A result from learnt logits, its maps computed exactly as :meth:`FIDO.fit` computes them.
+
+        Args:
+            logits (Tensor[2, N, h, w]): keep logits θ, SSR first.
+            size (tuple): (H, W) of the images.
+            targets, history, config, model_evaluations, seconds, snapshots: as the attributes.
+        """
+        ssr, sdr, joint = _maps(logits, tuple(size))
+        return cls(ssr=ssr, sdr=sdr, joint=joint, logits=logits, targets=targets, history=history,
+                   config=config, model_evaluations=int(model_evaluations), seconds=float(seconds),
+                   snapshots=dict(snapshots or {}))
+
+    @classmethod
+    def concat(cls, results: "list[FIDOResult]") -> "FIDOResult":
+        """The results of consecutive chunks of images as one result (same config and snapshots).
+
+        Tensors are concatenated along the images (history along its image axis),
+        ``model_evaluations`` and ``seconds`` are summed.
+        """
+        results = list(results)
+        if not results:
+            raise ValueError("results: expected at least one FIDOResult, got none")
+        first = results[0]
+        for r in results[1:]:
+            if r.config != first.config or set(r.snapshots) != set(first.snapshots):
+                raise ValueError("results: expected chunks of one fit (the same config and snapshots)")
+        return cls(
+            ssr=torch.cat([r.ssr for r in results]), sdr=torch.cat([r.sdr for r in results]),
+            joint=torch.cat([r.joint for r in results]),
+            logits=torch.cat([r.logits for r in results], dim=1),
+            targets=torch.cat([r.targets for r in results]),
+            history={k: torch.cat([r.history[k] for r in results], dim=1) for k in first.history},
+            config=first.config,
+            model_evaluations=sum(r.model_evaluations for r in results),
+            seconds=sum(r.seconds for r in results),
+            snapshots={k: torch.cat([r.snapshots[k] for r in results], dim=1) for k in first.snapshots})
 
     def maps_at(self, iteration: int) -> dict[str, Tensor]:
         """The SSR, SDR and joint maps after ``iteration`` steps, at image resolution.
@@ -362,6 +402,8 @@ class FIDO:
         progress: bool = False,
         seeds=None,
         snapshots=(),
+        *,
+        max_batch: int | None = None,
     ) -> FIDOResult:
         """Learns SSR and SDR masks for every image at once.
 
@@ -382,6 +424,10 @@ class FIDO:
             snapshots: 1-based iterations (each in ``[1, iterations]``) after which the logits
                 θ are also recorded (detached copies, ``result.snapshots[k]``); one fit then
                 gives the masks at several iteration counts (:meth:`FIDOResult.maps_at`).
+            max_batch: the most model inputs in one forward pass (rows = 2 · images ·
+                samples; Captum's ``internal_batch_size`` idea); ``None`` puts all rows of a step
+                in one pass. A memory bound: results do not depend on it (tested), so it is part
+                of no configuration or cache key.
 
         Returns:
             FIDOResult: maps ``(N, H, W)``, logits, history.
@@ -396,7 +442,9 @@ class FIDO:
                 images (see the module docstring).
         """
         cfg = self.config
-        snapshots = _check_snapshots(snapshots, cfg.iterations)
+        snapshots = cfg.snapshot_steps(snapshots)
+        if max_batch is not None:
+            _checks.check_positive_int(max_batch, "max_batch")
         # Channels (models that declare in_channels: fidobook's do), dtype against the model's
         # parameters, values; images that require grad come back detached.
         images = _checks.check_model_inputs(images, self.model)
@@ -421,7 +469,7 @@ class FIDO:
 
         s = cfg.samples
         rows = 2 * n * s
-        chunk = cfg.max_batch or rows
+        chunk = max_batch or rows
         # Row r of a step is (kind, image, sample) in C order; kind 0 = SSR, 1 = SDR.
         row_image = torch.arange(n, device=device).repeat_interleave(s).repeat(2)
         row_target = targets[row_image]
@@ -507,22 +555,21 @@ class FIDO:
                     _raise_nonfinite(finite, checked, step + 1, cfg.iterations)
                     checked = step + 1
 
-        theta = theta.detach()
-        ssr, sdr, joint = _maps(theta, (height, width))
-        return FIDOResult(
-            ssr=ssr, sdr=sdr, joint=joint, logits=theta, targets=targets, history=hist, config=cfg,
+        return FIDOResult.from_logits(
+            theta.detach(), (height, width), targets=targets, history=hist, config=cfg,
             model_evaluations=cfg.iterations * rows, seconds=time.perf_counter() - t0,
-            snapshots=recorded,
-        )
+            snapshots=recorded)
 
     def attribute(self, inputs: Tensor, target=None, *, kind: str = "joint",
-                  generator: torch.Generator | None = None, progress: bool = False, seeds=None) -> Tensor:
+                  generator: torch.Generator | None = None, progress: bool = False, seeds=None,
+                  max_batch: int | None = None) -> Tensor:
         """Captum-style attribution: fits the masks and returns one map per image.
 
         Args:
             inputs (Tensor[N, C, H, W]): images in [0, 1] (checked as ``images`` in :meth:`fit`).
             target: int, sequence, ``LongTensor[N]`` or ``None`` (the prediction).
             kind: ``"joint"``, ``"ssr"`` or ``"sdr"``.
+            max_batch: a memory bound, as in :meth:`fit`.
 
         Returns:
             Tensor[N, 1, H, W]: the attribution map, in [0, 1].
@@ -532,7 +579,8 @@ class FIDO:
         """
         _checks.check_choice(kind, "kind", ["joint", "ssr", "sdr"])
         inputs = _checks.check_model_inputs(inputs, self.model, "inputs")
-        result = self.fit(inputs, target, generator=generator, progress=progress, seeds=seeds)
+        result = self.fit(inputs, target, generator=generator, progress=progress, seeds=seeds,
+                          max_batch=max_batch)
         return getattr(result, kind)[:, None]
 
     @staticmethod

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _checks, _io
-from .fido import FIDO, FIDOConfig, FIDOResult, _check_snapshots, _maps
+from .fido import FIDO, FIDOConfig, FIDOResult
 from .models.train import data_fingerprint
 from .stats import bootstrap_ci  # re-exported: it lived here first
 
@@ -83,7 +83,7 @@ def model_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _cache_key(model: nn.Module, images: Tensor, targets: Tensor, seeds: Tensor,
+def _cache_key(model: nn.Module, images: Tensor, targets: Tensor, seeds: list[int],
                config: FIDOConfig, snapshots: tuple[int, ...]) -> str:
     settings = dataclasses.asdict(config)
     # ``temperature=None`` means the sampler's default: the same fit as naming it.
@@ -93,7 +93,7 @@ def _cache_key(model: nn.Module, images: Tensor, targets: Tensor, seeds: Tensor,
         "model": model_digest(model),
         "images": data_fingerprint(images),
         "targets": targets.tolist(),
-        "seeds": seeds.tolist(),
+        "seeds": list(seeds),
         "config": settings,
         "snapshots": list(snapshots),
     }
@@ -168,6 +168,7 @@ def fit_cached(
     snapshots=(),
     progress: bool = False,
     chunk: int | None = None,
+    max_batch: int | None = None,
 ) -> FIDOResult:
     """FIDO masks for ``images``, fitted ``chunk`` images at a time or loaded from the cache.
 
@@ -188,14 +189,16 @@ def fit_cached(
         images (Tensor[N, C, H, W]): float images in [0, 1], on the model's device.
         targets: the classes to explain: an int, a sequence of N ints or ``LongTensor[N]``.
         config (FIDOConfig): the settings of every fit.
-        seeds: one int per image (a sequence or ``LongTensor[N]``; an int gives every image the
-            same seed). Image ``i``'s noise depends on ``seeds[i]`` only.
+        seeds: one int in ``[0, 2**64)`` per image (a sequence or an integer tensor; an int
+            gives every image the same seed). Image ``i``'s noise depends on ``seeds[i]`` only.
         cache_dir (path, optional): root of the cache. Default: ``$FIDOBOOK_CACHE`` or
             ``.cache`` (:func:`fidobook.workflow.default_cache_dir`).
         snapshots (sequence of int, optional): iterations in ``[1, config.iterations]`` at which
             the logits are also recorded (``result.snapshots``). Default: none.
         progress (bool, optional): show a progress bar over the chunks. Default: False.
         chunk (int, optional): images per fit (and per file). Default: all in one.
+        max_batch (int, optional): memory bound of each fit (:meth:`fidobook.FIDO.fit`); not
+            part of the key, since results do not depend on it. Default: None.
 
     Raises:
         ValueError: chunks have to be fitted while chunks already stored were computed in another
@@ -224,10 +227,10 @@ def fit_cached(
     targets = _checks.check_targets(targets, n, None, name="targets")
     if seeds is None:
         raise TypeError("seeds: expected one int per image, got None")
-    if isinstance(seeds, range):
-        seeds = list(seeds)
-    seeds = _checks.check_targets(seeds, n, None, name="seeds")
-    snapshots = _check_snapshots(snapshots, config.iterations)
+    seeds = _checks.check_seeds(seeds, n)  # Python ints: seeds up to 2**64 stay exact
+    snapshots = config.snapshot_steps(snapshots)
+    if max_batch is not None:
+        _checks.check_positive_int(max_batch, "max_batch")
     chunk = n if chunk is None else _checks.check_positive_int(chunk, "chunk")
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool, got {progress!r}")
@@ -248,7 +251,8 @@ def fit_cached(
     for i, (a, b) in enumerate(bar):
         if records[i] is None:
             fitted = FIDO(model, config).fit(images[a:b], targets[a:b].to(images.device),
-                                             seeds=seeds[a:b].tolist(), snapshots=snapshots)
+                                             seeds=seeds[a:b], snapshots=snapshots,
+                                             max_batch=max_batch)
             records[i] = _chunk_record(fitted, key, environment)
             _io.save_record(records[i], paths[i], format=_FORMAT)
     return _assemble(records, config, snapshots, images.device, (height, width))
@@ -281,9 +285,8 @@ def _assemble(records: list[dict], config: FIDOConfig, snapshots: tuple[int, ...
               size: tuple[int, int]) -> FIDOResult:
     """One FIDOResult from the chunks' records, maps recomputed from the logits on ``device``."""
     logits = torch.cat([r["logits"] for r in records], dim=1).to(device)  # (2, N, h, w)
-    ssr, sdr, joint = _maps(logits, size)
-    return FIDOResult(
-        ssr=ssr, sdr=sdr, joint=joint, logits=logits,
+    return FIDOResult.from_logits(
+        logits, size,
         targets=torch.cat([r["targets"] for r in records]).to(device),
         history={k: torch.cat([r["history"][k] for r in records], dim=1).to(device)
                  for k in records[0]["history"]},

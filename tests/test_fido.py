@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fidobook import FIDO, FIDOConfig, log_odds, total_variation
+from fidobook import FIDO, FIDOConfig, FIDOResult, log_odds, total_variation
 
 REGION = (slice(2, 8), slice(3, 9))  # rows 2..7, cols 3..8 of a 16x16 image
 
@@ -109,8 +109,32 @@ class TestBatching:
         cfg = FIDOConfig(iterations=10, samples=4)
         full = FIDO(model, cfg).fit(x, seeds=[1, 2, 3])
         for max_batch in (1, 5, 7):
-            chunked = FIDO(model, cfg, max_batch=max_batch).fit(x, seeds=[1, 2, 3])
+            chunked = FIDO(model, cfg).fit(x, seeds=[1, 2, 3], max_batch=max_batch)
             assert torch.allclose(full.logits, chunked.logits, atol=1e-9)
+
+    def test_concat_of_chunks_is_the_whole_fit(self):
+        x = bright_images(3, torch.float64)
+        model = TinyConvNet(dtype=torch.float64)
+        cfg = FIDOConfig(iterations=4, samples=2)
+        whole = FIDO(model, cfg).fit(x, [0, 1, 2], seeds=[5, 6, 7], snapshots=[2])
+        parts = [FIDO(model, cfg).fit(x[a:b], [0, 1, 2][a:b], seeds=[5, 6, 7][a:b], snapshots=[2])
+                 for a, b in ((0, 1), (1, 3))]
+        joined = FIDOResult.concat(parts)
+        for f in ("ssr", "sdr", "joint", "logits", "targets"):
+            assert torch.allclose(getattr(joined, f).double(), getattr(whole, f).double(), atol=1e-9), f
+        assert torch.allclose(joined.snapshots[2], whole.snapshots[2], atol=1e-9)
+        assert joined.model_evaluations == whole.model_evaluations
+        rebuilt = FIDOResult.from_logits(joined.logits, x.shape[-2:], targets=joined.targets,
+                                         history=joined.history, config=cfg)
+        assert torch.equal(rebuilt.joint, joined.joint)
+        with pytest.raises(ValueError, match="at least one"):
+            FIDOResult.concat([])
+
+    def test_max_batch_is_not_a_setting(self):
+        # A memory bound: not a FIDOConfig field, so it is part of no cache key.
+        assert "max_batch" not in {f.name for f in dataclasses.fields(FIDOConfig)}
+        with pytest.raises(ValueError, match="max_batch"):
+            FIDO(TinyConvNet(), FIDOConfig(iterations=1, samples=1)).fit(bright_images(1), max_batch=0)
 
     def test_generator_is_deterministic(self):
         x = bright_images(2)
@@ -251,8 +275,6 @@ class TestBadInput:
             FIDOConfig(mask_size=(0, 4))
         with pytest.raises(ValueError, match="temperature"):
             FIDOConfig(temperature=-1.0)
-        with pytest.raises(ValueError, match="max_batch"):
-            FIDOConfig(max_batch=0)
         with pytest.raises(TypeError, match="unexpected FIDOConfig fields"):
             FIDO(RegionClassifier(), samplez=3)
         with pytest.raises(ValueError, match="kind"):
