@@ -13,6 +13,7 @@ from PIL import Image, ImageFile
 
 from fidobook._io import DamagedFile
 from fidobook.data import CUB, PART_NAMES, generate, load_tensors
+from fidobook.data.cub import IMAGE_POLICY, Fit, fit_to_size
 
 CUB_PARTS = ["back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg",
              "left wing", "nape", "right eye", "right leg", "right wing", "tail", "throat"]
@@ -99,15 +100,31 @@ class TestCUBReal:
             assert item["index"] == i and item["image_id"] == i + 1
         assert ds[-1]["image_id"] == 6
 
-    def test_resize_scales_box_and_parts(self, fake_cub):
+    def test_size_moves_box_and_parts_with_the_pixels(self, fake_cub):
+        # The policy written out as a loop: shorter side to 32, centre crop.
         ds, full = CUB(fake_cub, "all", size=32), CUB(fake_cub, "all")
         for i, (w, h) in enumerate(SIZES):
             item, ref = ds[i], full[i]
             assert item["image"].shape == (3, 32, 32)
-            s = torch.tensor([32 / w, 32 / h])
-            torch.testing.assert_close(item["box"], ref["box"] * s.repeat(2))
-            torch.testing.assert_close(item["parts"][:, :2], ref["parts"][:, :2] * s)
-            assert torch.equal(item["parts"][:, 2], ref["parts"][:, 2])
+            rw, rh = (32, int(h * 32 / w + 0.5)) if w <= h else (int(w * 32 / h + 0.5), 32)
+            left, top = (rw - 32) // 2, (rh - 32) // 2
+            sx, sy = rw / w, rh / h
+            x, y, bw, bh = ref["box"].tolist()
+            x0, x1 = (min(max(v * sx - left, 0), 32) for v in (x, x + bw))
+            y0, y1 = (min(max(v * sy - top, 0), 32) for v in (y, y + bh))
+            torch.testing.assert_close(item["box"], torch.tensor([x0, y0, x1 - x0, y1 - y0]))
+            for (px, py, vis), got in zip(ref["parts"].tolist(), item["parts"].tolist()):
+                qx, qy = px * sx - left, py * sy - top
+                if vis and 0 <= qx <= 32 and 0 <= qy <= 32:
+                    assert got == pytest.approx([qx, qy, 1.0], abs=1e-4)
+                else:
+                    assert got == [0.0, 0.0, 0.0]
+
+    def test_grey_scale_jpeg_becomes_rgb(self, fake_cub):
+        assert Image.open(fake_cub / "images" / _image_rel(4)).mode == "L"
+        for size in (None, 24):
+            image = CUB(fake_cub, "all", size=size)[3]["image"]
+            assert image.shape[0] == 3 and torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
 
     def test_to_tensors_needs_size_for_mixed_sizes(self, fake_cub):
         with pytest.raises(ValueError, match="size: expected an int"):
@@ -459,3 +476,201 @@ class TestDamagedImages:
         with pytest.raises(FileNotFoundError, match=re.escape(f"{path}: no such file (listed in "
                                                               f"{fake_cub / 'images.txt'} line 6)")):
             ds[5]
+
+
+# --------------------------------------------------------------------------------------------
+# One image policy: shorter side to the size, centre crop; boxes, keypoints, segmentations and
+# part masks transformed with the image.
+
+
+class TestFitToSize:
+    @pytest.mark.parametrize("w, h, size, resized, left, top", [
+        (200, 100, 50, (100, 50), 25, 0),
+        (100, 200, 50, (50, 100), 0, 25),
+        (30, 70, 32, (32, 75), 0, 21),      # 74.67 rounds up; upsampling
+        (80, 20, 32, (128, 32), 48, 0),
+        (41, 41, 32, (32, 32), 0, 0),
+        (64, 63, 64, (65, 64), 0, 0),       # crop of 1 px: left = 1 // 2 = 0
+        (7, 5, 100, (140, 100), 20, 0),
+    ])
+    def test_known_geometry(self, w, h, size, resized, left, top):
+        fit = fit_to_size(w, h, size)
+        assert fit == Fit(w, h, size, resized, left, top)
+        assert min(fit.resized) == size and fit.left + size <= resized[0] and fit.top + size <= resized[1]
+
+    def test_points_boxes_parts(self):
+        fit = fit_to_size(200, 100, 50)  # x * 0.5 - 25, y * 0.5
+        torch.testing.assert_close(fit.points(torch.tensor([[60.0, 10.0], [0.0, 100.0]])),
+                                   torch.tensor([[5.0, 5.0], [-25.0, 50.0]]))
+        boxes = torch.tensor([[40.0, 20.0, 100.0, 40.0],    # cut on the left
+                              [0.0, 0.0, 20.0, 10.0],       # cut off entirely
+                              [60.0, 10.0, 40.0, 20.0]])    # inside
+        torch.testing.assert_close(fit.boxes(boxes), torch.tensor(
+            [[0.0, 10.0, 45.0, 20.0], [0.0, 0.0, 0.0, 5.0], [5.0, 5.0, 20.0, 10.0]]))
+        parts = torch.tensor([[60.0, 10.0, 1.0], [10.0, 10.0, 1.0], [60.0, 10.0, 0.0],
+                              [150.0, 100.0, 1.0], [151.0, 50.0, 1.0]])
+        torch.testing.assert_close(fit.parts(parts), torch.tensor(
+            [[5.0, 5.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [50.0, 50.0, 1.0], [0.0, 0.0, 0.0]]))
+
+    def test_square_at_its_size_is_untouched(self):
+        fit = fit_to_size(40, 40, 40)
+        image = Image.fromarray(np.arange(40 * 40 * 3, dtype=np.uint8).reshape(40, 40, 3))
+        assert fit.identity and fit.image(image) is image
+        p = torch.tensor([[3.25, 39.5, 1.0]])
+        assert torch.equal(fit.parts(p), p)
+
+    def test_square_is_only_resized(self):
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (41, 41, 3), dtype=np.uint8))
+        got = fit_to_size(41, 41, 32).image(image)
+        assert np.array_equal(np.asarray(got), np.asarray(image.resize((32, 32), Image.BILINEAR)))
+
+    @pytest.mark.parametrize("args, exc", [((0, 5, 3), ValueError), ((5, 5, 1.5), TypeError),
+                                           ((5, -1, 3), ValueError)])
+    def test_bad_arguments(self, args, exc):
+        with pytest.raises(exc, match=("width", "height", "size")[[isinstance(a, float) or a <= 0
+                                                                   for a in args].index(True)]):
+            fit_to_size(*args)
+
+    def test_image_of_another_size(self):
+        with pytest.raises(ValueError, match="image: expected 20x10, got 10x20"):
+            fit_to_size(20, 10, 8).image(Image.new("RGB", (10, 20)))
+
+
+# (W, H) of the drawn images; the long axis alternates, one is square.
+DRAWN = [(120, 70), (77, 131), (140, 90), (100, 100), (71, 139)]
+DOT = 6  # radius of a drawn keypoint, original pixels
+
+
+def _drawn_cub(root: Path) -> tuple[Path, list[dict]]:
+    """A CUB folder whose images, segmentations and part masks draw the annotations: a white dot
+    at part 1 on a black image, the box filled in the segmentation, a disc of label ``pid``
+    around each visible keypoint in the part mask. Part 4 sits at the start of the long axis
+    (the crop cuts it off); part 5 is invisible in the file."""
+    files = {"classes.txt": "1 001.Black_footed_Albatross\n",
+             "parts/parts.txt": "".join(f"{i} {p}\n" for i, p in enumerate(CUB_PARTS, start=1))}
+    images, labels, split, boxes, locs, truth = [], [], [], [], [], []
+    for iid, (w, h) in enumerate(DRAWN, start=1):
+        rel = f"001.Black_footed_Albatross/Black_footed_Albatross_{iid:04d}_{iid}.jpg"
+        images.append(f"{iid} {rel}\n")
+        labels.append(f"{iid} 1\n")
+        split.append(f"{iid} 1\n")
+        x0, y0, x1, y1 = round(0.2 * w), round(0.25 * h), round(0.75 * w), round(0.8 * h)
+        boxes.append(f"{iid} {x0}.0 {y0}.0 {x1 - x0}.0 {y1 - y0}.0\n")
+        short = min(w, h)
+        kp = {1: (w / 2 + 0.13 * short, h / 2 - 0.11 * short),
+              2: (w / 2 - 0.2 * short, h / 2 + 0.17 * short),
+              3: (w / 2 + 0.04 * short, h / 2 + 0.21 * short),
+              4: (2.5, h / 2) if w >= h else (w / 2, 2.5)}
+        for pid in range(1, 16):
+            x, y = kp.get(pid, (0.0, 0.0))
+            locs.append(f"{iid} {pid} {x} {y} {int(pid in kp)}\n")
+        yy, xx = np.mgrid[0:h, 0:w] + 0.5  # pixel centres
+        image = np.zeros((h, w), np.uint8)
+        image[(xx - kp[1][0]) ** 2 + (yy - kp[1][1]) ** 2 <= DOT ** 2] = 255
+        seg = np.zeros((h, w), np.uint8)
+        seg[y0:y1, x0:x1] = 255
+        mask = np.zeros((h, w), np.uint8)
+        for pid, (x, y) in kp.items():
+            mask[(xx - x) ** 2 + (yy - y) ** 2 <= DOT ** 2] = pid
+        for folder, array, suffix in (("images", image, ".jpg"), ("segmentations", seg, ".png"),
+                                      ("part_masks", mask, ".png")):
+            path = (root / folder / rel).with_suffix(suffix)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).convert("RGB" if folder == "images" else "L").save(path, **(
+                {"quality": 98} if folder == "images" else {}))
+        truth.append({"box": (x0, y0, x1 - x0, y1 - y0), "kp": kp})
+    files.update({"images.txt": "".join(images), "image_class_labels.txt": "".join(labels),
+                  "train_test_split.txt": "".join(split), "bounding_boxes.txt": "".join(boxes),
+                  "parts/part_locs.txt": "".join(locs)})
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    return _drawn_cub(tmp_path_factory.mktemp("drawn") / "cub")
+
+
+def _centroid(weights: np.ndarray) -> tuple[float, float]:
+    """(x, y) of the weighted mean of the pixel centres."""
+    yy, xx = np.mgrid[0:weights.shape[0], 0:weights.shape[1]] + 0.5
+    total = weights.sum()
+    return float((xx * weights).sum() / total), float((yy * weights).sum() / total)
+
+
+class TestImagePolicy:
+    def test_stated_once(self):
+        import fidobook.data.cub as cub
+        assert "shorter side" in IMAGE_POLICY and "centre-crop" in IMAGE_POLICY
+        assert "IMAGE_POLICY" in cub.__doc__ and "centre-cropped" in cub.__doc__
+
+    @pytest.mark.parametrize("size", [32, 48, 96])  # 96: every image upsampled on its short side
+    def test_drawn_annotations_land_where_the_transform_says(self, drawn, size):
+        root, truth = drawn
+        ds = CUB(root, "all", size=size)
+        for i, ((w, h), t) in enumerate(zip(DRAWN, truth)):
+            item = ds[i]
+            fit = fit_to_size(w, h, size)
+            assert item["image"].shape == (3, size, size) and item["part_mask"].shape == (size, size)
+            # the box: the filled rectangle of the segmentation, clipped by the crop
+            bx, by, bw, bh = item["box"].tolist()
+            torch.testing.assert_close(item["box"], fit.boxes(torch.tensor(t["box"], dtype=torch.float32)))
+            rows, cols = np.nonzero(item["segmentation"][0].numpy() >= 0.5)
+            assert abs(cols.min() - bx) <= 1 and abs(cols.max() + 1 - (bx + bw)) <= 1
+            assert abs(rows.min() - by) <= 1 and abs(rows.max() + 1 - (by + bh)) <= 1
+            # the keypoints: each disc of the part mask is centred on its moved keypoint
+            parts = item["parts"]
+            for pid in (1, 2, 3):
+                x, y, vis = parts[pid - 1].tolist()
+                assert vis == 1 and (x, y) == pytest.approx(fit.points(torch.tensor(t["kp"][pid])).tolist())
+                assert int(item["part_mask"][int(y), int(x)]) == pid
+                cx, cy = _centroid((item["part_mask"] == pid).numpy().astype(float))
+                assert abs(cx - x) <= 1 and abs(cy - y) <= 1, (w, h, size, pid)
+            # the white dot of the image is at part 1
+            cx, cy = _centroid(item["image"][0].numpy())
+            assert abs(cx - parts[0, 0]) <= 0.75 and abs(cy - parts[0, 1]) <= 0.75, (w, h, size)
+            # part 4 sits where the crop cuts (except on the square image); part 5 was invisible
+            x4, y4, vis4 = parts[3].tolist()
+            if w == h:
+                assert vis4 == 1 and (x4, y4) == pytest.approx([2.5 * size / w, size / 2])
+            else:
+                assert [x4, y4, vis4] == [0.0, 0.0, 0.0]
+                assert not (item["part_mask"] == 4).any()
+            assert parts[4].tolist() == [0.0, 0.0, 0.0]
+
+    def test_load_tensors_size_none_keeps_stored_sizes(self, synthetic):
+        # The generated birds are read as stored; size = their own size changes nothing.
+        a, b = load_tensors(synthetic, "test"), load_tensors(synthetic, "test", size=40)
+        for key in ("images", "segmentations", "part_masks", "boxes", "parts"):
+            assert torch.equal(a[key], b[key]), key
+
+
+class TestDigest:
+    def test_stable_for_a_copy_and_reads_no_pixels(self, tmp_path, fake_cub, no_image_reads):
+        copy = Path(shutil.copytree(fake_cub, tmp_path / "elsewhere"))
+        assert CUB(fake_cub, "all", size=32).digest() == CUB(copy, "all", size=32).digest()
+        assert len(CUB(fake_cub, "all").digest()) == 64
+
+    def test_changes_with_a_byte_the_size_or_the_split(self, tmp_path, fake_cub):
+        ref = CUB(fake_cub, "all", size=32).digest()
+        assert CUB(fake_cub, "all", size=24).digest() != ref
+        assert CUB(fake_cub, "train", size=32).digest() != ref
+        path = fake_cub / "images" / _image_rel(5)
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 1
+        path.write_bytes(bytes(data))
+        assert CUB(fake_cub, "all", size=32).digest() != ref
+
+    def test_covers_segmentations(self, tmp_path, fake_cub):
+        without = CUB(fake_cub, "all").digest()
+        rel = Path(_image_rel(1)).with_suffix(".png")
+        for i in range(1, 7):
+            path = fake_cub.parent / "segmentations" / Path(_image_rel(i)).with_suffix(".png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full(SIZES[i - 1][::-1], 255, np.uint8)).save(path)
+        with_seg = CUB(fake_cub, "all").digest()
+        assert with_seg != without and CUB(fake_cub, "all", with_segmentation=False).digest() == without
+        Image.fromarray(np.zeros(SIZES[0][::-1], np.uint8)).save(fake_cub.parent / "segmentations" / rel)
+        assert CUB(fake_cub, "all").digest() != with_seg

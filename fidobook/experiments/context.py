@@ -13,6 +13,21 @@ A :class:`Context` is either
   segmentations are used when the folder has them, and the scores that need them are skipped
   (and the chapters say so) when it does not.
 
+On a CUB-format folder:
+
+- images are brought to ``profile.image_size`` by :data:`fidobook.data.cub.IMAGE_POLICY`
+  (shorter side to the size, centre crop; boxes, keypoints and segmentations alike);
+- segmentations (real CUB's average several annotators) become object masks by the package's
+  one rule for grey levels, ``value >= 0.5`` (uint8 ``>= 128``), stored as 0/255;
+- ``part_masks`` are keypoint discs (:func:`fidobook.parts.keypoint_discs`, radius
+  :data:`fidobook.parts.DISC_RADIUS` of ``sqrt(box area)``), labels ``p + 1`` for
+  ``part_names[p]`` (for the birds, labels of :data:`fidobook.data.PART_NAMES`); in both cases
+  label ``l`` is ``split["part_labels"][l]``;
+- the reader's ``weights`` are read (``weights_only=True``) and checked against the data's class
+  count when the context is created, so a wrong file fails at once, naming it;
+- the data are identified by :meth:`fidobook.data.CUB.digest` (the files' bytes, both splits,
+  the size and the image policy), so a trained model or a result is never reused for other data.
+
 Everything is loaded lazily and kept in memory, so one context serves several experiments::
 
     ctx = Context.create("cpu")                                       # the birds
@@ -24,7 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -32,9 +48,11 @@ from torch import Tensor, nn
 
 from .. import _checks
 
-__all__ = ["Context", "EvaluationSet"]
+__all__ = ["Context", "EvaluationSet", "FINGERPRINT_PARTS"]
 
 _ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: What :meth:`Context.fingerprint` can cover.
+FINGERPRINT_PARTS = ("data", "classifier", "segmenter")
 
 
 @dataclasses.dataclass
@@ -76,7 +94,7 @@ class Context:
         weights (Path or None): the reader's classifier weights (with ``arch``).
         arch (str or None): ``resnet18/34/50/101`` for ``weights``.
         cbam (bool): the weights are for a ResNet with CBAM blocks (as :func:`fidobook.models.resnet`).
-        normalize (tuple or None): ``(mean, std)`` the classifier expects; default ImageNet's.
+        normalize (tuple or None): ``(mean, std)`` the reader's classifier expects; None: ImageNet's.
     """
 
     def __init__(self, profile, device, cache_dir, data_dir=None, weights=None, arch=None,
@@ -92,7 +110,8 @@ class Context:
         self.progress = progress
         self._splits: dict[str, dict] = {}
         self._models: dict[str, object] = {}
-        self._fingerprints: dict[str, object] = {}
+        self._reader = None
+        self._data_digest: str | None = None
 
     # -- construction ----------------------------------------------------------------------
 
@@ -107,35 +126,43 @@ class Context:
                 ``auto``) or a :class:`fidobook.profiles.Profile`. Default: ``"auto"``.
             device (str or torch.device): ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
             cache_dir (path, optional): default ``$FIDOBOOK_CACHE`` or ``.cache``.
-            data_dir (path, optional): a CUB-200-2011-format folder; None: the generated birds.
-            weights (path, optional): a state-dict file for ``arch`` (needs ``data_dir``: the class
-                count comes from the data).
+            data_dir (path, optional): a CUB-200-2011-format folder (the one holding
+                ``images.txt``, or its parent as the archive unpacks); None: the generated birds.
+            weights (path, optional): a state-dict file of a torchvision ResNet ``arch`` (needs
+                ``data_dir``: the class count comes from the data). Read with
+                ``weights_only=True`` and checked now.
             arch (str, optional): ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``;
-                required with ``weights``.
+                required with ``weights``, only used with them.
             cbam (bool, optional): the weights are for a ResNet with CBAM. Default: False.
-            normalize (pair of sequences, optional): ``(mean, std)`` per channel for the reader's
-                classifier. Default: ImageNet's.
+            normalize (pair of sequences, optional): ``(mean, std)`` per channel the reader's
+                classifier was trained with (only used with ``weights``). Default: ImageNet's.
             progress (bool, optional): progress bars while preparing data and models.
-            **overrides: :class:`Profile` fields replaced (as :func:`fidobook.get_profile`).
+            **overrides: :class:`Profile` fields replaced (as :func:`fidobook.get_profile`:
+                ``classifier``/``segmenter`` and the experiment specs may be mappings of fields).
 
         Raises:
-            ValueError / TypeError / FileNotFoundError: bad arguments, naming them.
+            FileNotFoundError: ``data_dir`` is not a folder or holds no ``images.txt``;
+                ``weights`` is not a file.
+            ValueError / TypeError: bad arguments, naming them; weights that do not fit (another
+                class count, missing or unexpected keys, not a state dict), naming the file.
         """
         from ..profiles import Profile, get_profile
         from ..workflow import default_cache_dir
 
         if isinstance(profile, Profile):
-            profile = dataclasses.replace(profile, **overrides) if overrides else profile
+            profile = _replace_profile(profile, overrides) if overrides else profile
         else:
             profile = get_profile(profile, **overrides)
         device = _resolve_device(device)
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        for name, value in (("cbam", cbam), ("progress", progress)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected a bool, got {value!r}")
         if data_dir is not None:
-            data_dir = Path(data_dir)
-            if not data_dir.is_dir():
-                raise FileNotFoundError(f"data_dir: expected a CUB-format folder, got {str(data_dir)!r} "
-                                        f"(not a directory)")
+            data_dir = _check_data_dir(data_dir)
         if weights is not None:
+            if isinstance(weights, bool) or not isinstance(weights, (str, os.PathLike)):
+                raise TypeError(f"weights: expected a path, got {type(weights).__name__}")
             weights = Path(weights)
             if data_dir is None:
                 raise ValueError("weights: a classifier of one's own needs its data set: give "
@@ -144,19 +171,24 @@ class Context:
                 raise FileNotFoundError(f"weights: expected a state-dict file, got {str(weights)!r} "
                                         f"(not a file)")
             if arch is None:
-                raise ValueError(f"arch: expected one of {list(_ARCHS)} with weights, got None")
+                raise ValueError(f"arch: expected one of {list(_ARCHS)} with weights, got None "
+                                 f"(weights {str(weights)!r})")
         if arch is not None:
             _checks.check_choice(arch, "arch", _ARCHS)
             if weights is None:
-                raise ValueError("arch: only used with weights (without weights the profile's "
-                                 "classifier is trained)")
+                raise ValueError(f"arch: only used with weights, got arch={arch!r} without weights "
+                                 "(without weights the profile's classifier is trained)")
+        if cbam and weights is None:
+            raise ValueError("cbam: only used with weights, got cbam=True without weights")
         if normalize is not None:
-            mean, std = normalize
-            if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
-                raise ValueError(f"normalize: expected (mean, std) with 3 values each and std > 0, "
-                                 f"got {normalize!r}")
-            normalize = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
-        return cls(profile, device, cache_dir, data_dir, weights, arch, cbam, normalize, progress)
+            if weights is None:
+                raise ValueError("normalize: only used with weights (the profile's classifiers "
+                                 "normalise inside with ImageNet's statistics)")
+            normalize = _check_normalize(normalize)
+        context = cls(profile, device, cache_dir, data_dir, weights, arch, cbam, normalize, progress)
+        if weights is not None:
+            context._models["classifier"] = context._load_weights()
+        return context
 
     # -- the data --------------------------------------------------------------------------
 
@@ -176,41 +208,77 @@ class Context:
             self._models["root"] = prepare_data(self.profile, self.cache_dir, progress=self.progress)
         return self._models["root"]
 
+    def _size(self) -> int | None:
+        """The reader's ``size``: None for the birds (generated at the profile's size)."""
+        return None if self.source == "birds" else self.profile.image_size
+
+    @property
+    def reader(self):
+        """The :class:`fidobook.data.CUB` of the whole data set (text files parsed and checked,
+        no image decoded): classes, part names, whether there are segmentations."""
+        if self._reader is None:
+            from ..data.cub import CUB
+
+            self._reader = CUB(self.root, "all", self._size())
+        return self._reader
+
     def split(self, name: str = "test") -> dict:
-        """Split ``name`` (``train``/``test``) at the profile's size, as
-        :func:`fidobook.data.load_tensors` returns it, plus ``part_masks`` for real data (keypoint
-        discs) and ``parts_note``. Kept in memory."""
+        """Split ``name`` (``train``/``test``) at the profile's size. Kept in memory.
+
+        The dict of :func:`fidobook.data.load_tensors`, with for every source:
+
+        - ``segmentations`` (uint8 Tensor[N, 1, H, W] of 0/255, or None without them): object
+          masks (real data: grey levels ``>= 128`` are the object);
+        - ``part_masks`` (uint8 Tensor[N, H, W]): part labels, ``part_labels[l]`` naming label
+          ``l`` (0 = background); the data set's part masks when it has them (the birds), else
+          keypoint discs (real CUB);
+        - ``part_labels`` (list of str) and ``parts_note`` (str: which part ground truth this is).
+        """
         _checks.check_choice(name, "split", ["train", "test"])
         if name not in self._splits:
             from ..data.cub import load_tensors
 
-            data = load_tensors(self.root, name, self.profile.image_size, progress=self.progress)
-            if data.get("part_masks") is None:
-                from ..parts import keypoint_discs
+            birds = self.source == "birds"
+            data = load_tensors(self.root, name, self._size(), progress=self.progress)
+            seg = data.get("segmentations")
+            if seg is not None and not birds:
+                data["segmentations"] = (seg >= 128).to(torch.uint8) * 255
+            elif seg is None:
+                data["segmentations"] = None
+            if birds:
+                from ..data import PART_NAMES
+
+                data["part_labels"] = list(PART_NAMES)
+                data["parts_note"] = "the generated part masks"
+            elif data.get("part_masks") is not None:  # a CUB-format folder with part masks
+                data["part_labels"] = ["background"] + list(data["part_names"])
+                data["parts_note"] = "the data set's part masks"
+            else:
+                from ..parts import DISC_RADIUS, keypoint_discs
 
                 data["part_masks"] = keypoint_discs(data["parts"], data["boxes"],
-                                                    tuple(data["images"].shape[-2:]))
-                data["parts_note"] = ("discs around the visible keypoints (no part masks in the "
-                                      "data set)")
-            else:
-                data["parts_note"] = "the generated part masks"
-            if data.get("segmentations") is None:
-                data["segmentations"] = None
+                                                    tuple(data["images"].shape[-2:]),
+                                                    dtype=torch.uint8)
+                data["part_labels"] = ["background"] + list(data["part_names"])
+                data["parts_note"] = (f"discs of radius {DISC_RADIUS:g} x sqrt(box area) around the "
+                                      f"visible keypoints (the data set has no part masks)")
             self._splits[name] = data
         return self._splits[name]
 
     @property
     def has_segmentations(self) -> bool:
         """Whether the data set has object segmentations (real CUB ships them separately)."""
-        return self.split("test").get("segmentations") is not None
+        return self.reader.has_segmentation
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.split("test")["classes"])
+        """The class names, by label (without CUB's ``NNN.`` prefix)."""
+        return list(self.reader.classes)
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        """K, from ``classes.txt`` (not from the labels that happen to occur)."""
+        return self.reader.num_classes
 
     def class_parts(self):
         """The birds' class table (:func:`fidobook.data.read_class_parts`), None for real data."""
@@ -256,13 +324,15 @@ class Context:
         from ..metrics import part_union_masks
 
         _checks.check_choice(rule, "rule", ["random", "spaced", "first"])
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int, got {seed!r}")
         data = self.split(split)
         total = len(data["labels"])
         n = total if n is None else min(_checks.check_positive_int(n, "n"), total)
         if rule == "random":
             index = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
         elif rule == "spaced":
-            index = torch.linspace(0, total - 1, n).round().long()
+            index = torch.linspace(0, total - 1, n).round().long() if n else torch.zeros(0, dtype=torch.long)
         else:
             index = torch.arange(n)
         labels = data["labels"][index]
@@ -286,29 +356,46 @@ class Context:
     # -- the models ------------------------------------------------------------------------
 
     def _data_fingerprint(self) -> str:
-        """Identifies the data: the birds' generation arguments, or the decoded test split."""
-        if self.source == "birds":
-            return hashlib.sha256((self.root / "fidobook_birds.json").read_bytes()).hexdigest()[:20]
-        from ..models.train import data_fingerprint
-
-        test = self.split("test")
-        return data_fingerprint(test["images"], test["labels"])[:20]
+        """Identifies the data: the birds' generation arguments, or the bytes of every file of
+        the folder with the size and image policy (:meth:`fidobook.data.CUB.digest`)."""
+        if self._data_digest is None:
+            if self.source == "birds":
+                digest = hashlib.sha256((self.root / "fidobook_birds.json").read_bytes()).hexdigest()
+            else:
+                digest = self.reader.digest()
+            self._data_digest = digest[:20]
+        return self._data_digest
 
     def classifier(self) -> nn.Module:
-        """The classifier: the reader's weights, or the profile's, trained and cached."""
+        """The classifier, in eval mode on ``device``, taking [0, 1] images: the reader's weights,
+        or the profile's, trained (on the birds or on the folder's training split) and cached."""
         if "classifier" not in self._models:
-            self._models["classifier"] = self._load_classifier()
+            with torch.enable_grad():  # the first call may train, even inside a caller's no_grad
+                self._models["classifier"] = self._load_classifier()
         return self._models["classifier"]
+
+    def _load_weights(self) -> nn.Module:
+        """The reader's ResNet from ``weights``: read with ``weights_only=True``, its class count
+        checked against the data, its keys against ``arch`` and ``cbam``."""
+        from ..models.cnn import Normalize
+        from ..models.resnet import describe_state_dict, load_state, read_state_dict, resnet
+
+        state = read_state_dict(self.weights, name="weights")
+        k = self.num_classes
+        found = describe_state_dict(state)["num_classes"]
+        if found is not None and found != k:
+            raise ValueError(f"weights {str(self.weights)!r}: expected {k} classes from data_dir "
+                             f"{str(self.reader.root)!r} ({k} lines in classes.txt), the file has "
+                             f"{found} (fc.weight {tuple(state['fc.weight'].shape)})")
+        model = resnet(self.arch, k, cbam=self.cbam)
+        load_state(model, state, source=str(self.weights), name="weights")
+        if self.normalize is not None:
+            model.normalize = Normalize(*self.normalize)
+        return model.to(self.device).eval()
 
     def _load_classifier(self) -> nn.Module:
         if self.weights is not None:
-            from ..models import resnet
-            from ..models.cnn import Normalize
-
-            model = resnet(self.arch, self.num_classes, cbam=self.cbam, weights_path=self.weights)
-            if self.normalize is not None:
-                model.normalize = Normalize(*self.normalize)
-            return model.to(self.device).eval()
+            return self._load_weights()
         if self.source == "birds":
             from ..workflow import prepare_classifier
 
@@ -317,8 +404,10 @@ class Context:
             return model
         from ..models.train import load_cached_classifier, train_classifier
 
-        return self._train(self.profile.classifier, load_cached_classifier, train_classifier,
-                           with_segmentation=False)
+        config = self.profile.classifier
+        if config.num_classes is None:  # from classes.txt, not from the labels that occur
+            config = dataclasses.replace(config, num_classes=self.num_classes)
+        return self._train(config, load_cached_classifier, train_classifier)
 
     def segmenter(self) -> nn.Module | None:
         """The object segmenter trained on the data's segmentations; None without them."""
@@ -326,30 +415,28 @@ class Context:
             if self.source == "birds":
                 from ..workflow import prepare_segmenter
 
-                model, _ = prepare_segmenter(self.profile, self.cache_dir, device=self.device,
-                                             progress=self.progress)
+                with torch.enable_grad():  # as in classifier()
+                    model, _ = prepare_segmenter(self.profile, self.cache_dir, device=self.device,
+                                                 progress=self.progress)
             elif not self.has_segmentations:
                 model = None
             else:
                 from ..models.segnet import load_cached_segmenter, train_segmenter
 
-                model = self._train(self.profile.segmenter, load_cached_segmenter, train_segmenter,
-                                    with_segmentation=True)
+                with torch.enable_grad():  # as in classifier()
+                    model = self._train(self.profile.segmenter, load_cached_segmenter, train_segmenter)
             self._models["segmenter"] = model
         return self._models["segmenter"]
 
-    def _train(self, config, load_cached, train, *, with_segmentation: bool) -> nn.Module:
+    def _train(self, config, load_cached, train) -> nn.Module:
         """A model trained on this folder's splits (cached by config and data fingerprint)."""
         fingerprint = f"cub-{self._data_fingerprint()}"
         folder = self.cache_dir / "models"
         hit = load_cached(config, folder, fingerprint, device=self.device)
         if hit is not None:
             return hit[0]
-        train_split, test_split = self.split("train"), self.split("test")
-        if with_segmentation:
-            train_split = dict(train_split, segmentations=train_split["segmentations"])
-        model, _ = train(config, train_split, test_split, cache_dir=folder, device=self.device,
-                         progress=self.progress, fingerprint=fingerprint)
+        model, _ = train(config, self.split("train"), self.split("test"), cache_dir=folder,
+                         device=self.device, progress=self.progress, fingerprint=fingerprint)
         return model
 
     # -- identity --------------------------------------------------------------------------
@@ -358,28 +445,38 @@ class Context:
         """What results depend on besides the spec, for the parts an experiment ``uses``.
 
         Args:
-            uses (sequence of str): among ``"data"`` (the data set), ``"classifier"`` and
-                ``"segmenter"`` (their weights); an experiment that needs no data passes ``()``.
+            uses (sequence of str): among :data:`FINGERPRINT_PARTS`: ``"data"`` (the data set:
+                the birds' generation arguments, or the bytes of the folder's files with the size
+                and image policy), ``"classifier"`` and ``"segmenter"`` (their weights); only
+                those are computed (a model not yet trained is trained). An experiment that needs
+                no data passes ``()``. Default: ``("data", "classifier")``.
 
         Returns:
-            dict: plain values (digests of 20 hex characters), stable across processes.
+            dict: ``image_size``, ``device`` and, for each part used, a digest (20 hex
+            characters; ``data`` prefixed with the source, ``"birds-"`` or ``"cub-"``;
+            ``segmenter`` None without segmentations). Plain values, stable across processes
+            and across copies of the folder.
         """
-        allowed = ("data", "classifier", "segmenter")
+        if isinstance(uses, str) or not isinstance(uses, Sequence):
+            raise TypeError(f"uses: expected a sequence of {list(FINGERPRINT_PARTS)}, got {uses!r}")
         for u in uses:
-            _checks.check_choice(u, "uses", allowed)
+            _checks.check_choice(u, "uses", FINGERPRINT_PARTS)
         from ..study import model_digest
 
         out = {"image_size": self.profile.image_size, "device": self.device.type}
         for u in uses:
-            if u not in self._fingerprints:
-                if u == "data":
-                    value = f"{self.source}-{self._data_fingerprint()}"
-                else:
-                    model = self.classifier() if u == "classifier" else self.segmenter()
-                    value = None if model is None else model_digest(model)[:20]
-                self._fingerprints[u] = value
-            out[u] = self._fingerprints[u]
+            if u == "data":
+                out[u] = f"{self.source}-{self._data_fingerprint()}"
+            else:
+                out[u] = self._model_digest(u, model_digest)
         return out
+
+    def _model_digest(self, which: str, model_digest) -> str | None:
+        key = f"digest:{which}"
+        if key not in self._models:
+            model = self.classifier() if which == "classifier" else self.segmenter()
+            self._models[key] = None if model is None else model_digest(model)[:20]
+        return self._models[key]
 
     def describe(self) -> dict:
         """Plain-value description for results and run records."""
@@ -389,8 +486,11 @@ class Context:
             "data_dir": None if self.data_dir is None else str(self.data_dir),
             "weights": None if self.weights is None else str(self.weights),
             "arch": self.arch if self.weights is not None else self.profile.classifier.arch,
+            "cbam": self.cbam if self.weights is not None else self.profile.classifier.cbam,
+            "normalize": None if self.normalize is None else [list(v) for v in self.normalize],
             "device": str(self.device),
             "image_size": self.profile.image_size,
+            "image_policy": "as generated" if self.source == "birds" else _image_policy(),
             "num_classes": self.num_classes,
             "segmentations": self.has_segmentations,
             "threads": torch.get_num_threads(),
@@ -402,7 +502,63 @@ class Context:
         return f"Context(profile={self.profile.name!r}, {where}, device={self.device}{model})"
 
 
+def _image_policy() -> str:
+    from ..data.cub import IMAGE_POLICY
+
+    return IMAGE_POLICY
+
+
 def _resolve_device(device) -> torch.device:
     from ..chapter import resolve_device
 
     return resolve_device(device)
+
+
+def _replace_profile(profile, overrides: dict):
+    """``profile`` with fields replaced; a mapping for a dataclass field (``classifier``,
+    ``segmenter``, a spec) replaces fields of the profile's own, as :func:`get_profile` does."""
+    fields = [f.name for f in dataclasses.fields(profile)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"overrides: expected Profile fields among {fields}, got unknown {unknown}")
+    merged = {}
+    for k, v in overrides.items():
+        current = getattr(profile, k)
+        if isinstance(v, Mapping) and dataclasses.is_dataclass(current):
+            v = dataclasses.replace(current, **v)
+        merged[k] = v
+    return dataclasses.replace(profile, **merged)
+
+
+def _check_data_dir(data_dir) -> Path:
+    """``data_dir`` as a Path, if it is a CUB-format folder (``images.txt`` in it or in its
+    ``CUB_200_2011/``); the error names the folder."""
+    if isinstance(data_dir, bool) or not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"data_dir: expected a path, got {type(data_dir).__name__}")
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        what = "not a directory" if data_dir.exists() else "no such folder"
+        raise FileNotFoundError(f"data_dir: expected a CUB-format folder, got {str(data_dir)!r} "
+                                f"({what})")
+    if not ((data_dir / "images.txt").is_file() or (data_dir / "CUB_200_2011" / "images.txt").is_file()):
+        raise FileNotFoundError(f"data_dir: expected a CUB-200-2011-format folder (images.txt, "
+                                f"classes.txt, ...), got {str(data_dir)!r} (no images.txt in it or "
+                                f"in its CUB_200_2011/)")
+    return data_dir
+
+
+def _check_normalize(normalize) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` as two tuples of 3 finite floats, std > 0."""
+    import math
+
+    try:
+        mean, std = normalize
+        mean, std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise TypeError(f"normalize: expected (mean, std), two sequences of 3 numbers, got "
+                        f"{normalize!r}") from None
+    if (len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std)
+            or any(v <= 0 for v in std)):
+        raise ValueError(f"normalize: expected (mean, std) with 3 finite values each and std > 0, "
+                         f"got {normalize!r}")
+    return mean, std

@@ -25,7 +25,8 @@ from .._checks import check_choice, check_positive_float, check_positive_int
 from .cbam import CBAM
 from .cnn import Normalize
 
-__all__ = ["RESNETS", "ResNet", "resnet", "load_weights", "LoadReport"]
+__all__ = ["RESNETS", "ResNet", "resnet", "load_weights", "LoadReport", "read_state_dict",
+           "load_state", "describe_state_dict"]
 
 #: Names accepted by :func:`resnet`.
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -156,46 +157,91 @@ def _first(keys: Sequence[str], limit: int = 8) -> str:
     return f"[{shown}{', ...' if len(keys) > limit else ''}] ({len(keys)} in all)"
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> LoadReport:
-    """Loads a state dict from a local file into ``model``, with errors that name file and keys.
+def read_state_dict(path: str | os.PathLike, *, name: str = "weights_path") -> dict[str, Tensor]:
+    """A state dict from a local file, loaded with ``torch.load(..., weights_only=True)``.
+
+    Args:
+        path (path): a ``.pt``/``.pth`` file holding a state dict, or a dict with a ``"state_dict"``
+            entry (fidobook checkpoints). A ``"module."`` prefix (DataParallel/DDP) is stripped.
+        name (str, optional): the argument's name in messages. Default: ``"weights_path"``.
+
+    Returns:
+        dict[str, Tensor]: on the CPU.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a ``torch.save`` file holding tensors only, or holds no state
+            dict (the message names the file).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name}: expected an existing file, got {path!r} (not found)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a usable file"
+        raise ValueError(f"{name} {path!r}: expected a file saved with torch.save holding "
+                         f"tensors only, could not load it: {type(e).__name__}: {e}") from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+        what = type(obj).__name__ if not isinstance(obj, Mapping) else (
+            "an empty dict" if not obj else "a dict whose entries are not all str -> Tensor")
+        raise ValueError(f"{name} {path!r}: expected a state dict (str -> Tensor), got {what}")
+    state = dict(obj)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+# torchvision's ResNets: blocks per stage, and whether the blocks are bottlenecks.
+_LAYOUTS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
+            "resnet50": ((3, 4, 6, 3), True), "resnet101": ((3, 4, 23, 3), True),
+            "resnet152": ((3, 8, 36, 3), True)}
+
+
+def describe_state_dict(state: Mapping[str, Tensor]) -> dict:
+    """What a ResNet state dict looks like, for messages: ``{"arch": name or None,
+    "cbam": bool, "num_classes": int or None}`` (``arch`` from the blocks per stage and the block
+    type, ``num_classes`` from ``fc.weight``)."""
+    blocks = []
+    for i in range(1, 5):
+        ids = {k.split(".")[1] for k in state if k.startswith(f"layer{i}.") and k.count(".") >= 2}
+        blocks.append(len(ids))
+    bottleneck = any(k.startswith("layer1.0.conv3.") for k in state)
+    arch = next((a for a, (layout, b) in _LAYOUTS.items()
+                 if layout == tuple(blocks) and b == bottleneck), None)
+    fc = state.get("fc.weight")
+    num_classes = int(fc.shape[0]) if isinstance(fc, Tensor) and fc.ndim == 2 else None
+    return {"arch": arch, "cbam": any(".cbam." in k for k in state), "num_classes": num_classes}
+
+
+def load_state(model: nn.Module, state: Mapping[str, Tensor], *, source: str = "state dict",
+               strict: bool = True, name: str = "weights_path") -> LoadReport:
+    """Loads ``state`` (e.g. from :func:`read_state_dict`) into ``model``, with errors naming
+    ``source`` (the file) and the keys.
 
     Args:
         model (nn.Module): the model to fill in place.
-        path (path): a ``.pt``/``.pth`` file holding a state dict, or a dict with a ``"state_dict"``
-            entry (fidobook checkpoints). A ``"module."`` prefix (DataParallel/DDP) is stripped.
+        state (dict[str, Tensor]): the state dict.
+        source (str, optional): where it came from, for messages. Default: "state dict".
         strict (bool, optional): if True, any missing, unexpected or mis-shaped key is an error; if
             False, matching keys are loaded and the others reported. Default: True.
+        name (str, optional): the argument's name in messages. Default: ``"weights_path"``.
 
     Returns:
         LoadReport: missing, unexpected and shape-mismatched keys (all empty when strict).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not a readable state dict, or (strict) keys or shapes differ.
+        ValueError: (strict) keys or shapes differ; for a ResNet the message also says which
+            architecture and CBAM setting the state dict looks like when they differ.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights_path: expected an existing file, got {path!r} (not found)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a usable file"
-        raise ValueError(f"weights_path {path!r}: expected a file saved with torch.save holding "
-                         f"tensors only, could not load it: {type(e).__name__}: {e}") from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"weights_path {path!r}: expected a state dict (str -> Tensor), "
-                         f"got {type(obj).__name__}")
-    state = dict(obj)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     if strict and (missing or unexpected or mismatched):
-        parts = [f"weights_path {path!r}: state dict does not fit {type(model).__name__}"]
+        parts = [f"{name} {source!r}: state dict does not fit {type(model).__name__}"]
         if missing:
             parts.append(f"missing keys {_first(missing)}")
         if unexpected:
@@ -204,7 +250,39 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
             shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                       for k in mismatched[:8]]
             parts.append(f"shape mismatch for {len(mismatched)} keys [{'; '.join(shapes)}]")
-        raise ValueError("; ".join(parts) + " (strict=False loads the matching keys only)")
+        hint = ""
+        if isinstance(model, ResNet):
+            file, ours = describe_state_dict(state), describe_state_dict(own)
+            if file["arch"] != ours["arch"] or file["cbam"] != ours["cbam"]:
+                looks = file["arch"] or "no torchvision ResNet"
+                hint = (f" (the file looks like {looks} {'with' if file['cbam'] else 'without'} "
+                        f"CBAM, the model is {ours['arch']} {'with' if ours['cbam'] else 'without'} CBAM)")
+        raise ValueError("; ".join(parts) + hint + " (strict=False loads the matching keys only)")
     usable = {k: v for k, v in state.items() if k in own and k not in mismatched}
     model.load_state_dict(usable, strict=False)
     return LoadReport(missing=missing, unexpected=unexpected, mismatched=mismatched)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True,
+                 name: str = "weights_path") -> LoadReport:
+    """Loads a state dict from a local file into ``model``, with errors that name file and keys.
+
+    :func:`read_state_dict` then :func:`load_state`.
+
+    Args:
+        model (nn.Module): the model to fill in place.
+        path (path): a ``.pt``/``.pth`` file holding a state dict, or a dict with a ``"state_dict"``
+            entry (fidobook checkpoints). A ``"module."`` prefix (DataParallel/DDP) is stripped.
+        strict (bool, optional): if True, any missing, unexpected or mis-shaped key is an error; if
+            False, matching keys are loaded and the others reported. Default: True.
+        name (str, optional): the argument's name in messages. Default: ``"weights_path"``.
+
+    Returns:
+        LoadReport: missing, unexpected and shape-mismatched keys (all empty when strict).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a readable state dict, or (strict) keys or shapes differ.
+    """
+    state = read_state_dict(path, name=name)
+    return load_state(model, state, source=os.fspath(path), strict=strict, name=name)
