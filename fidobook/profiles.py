@@ -3,7 +3,7 @@
 
 A chapter's ``parameters`` cell names a profile and overrides a few fields::
 
-    profile = get_profile("cpu", n_explain=8, classifier={"epochs": 10})
+    profile = get_profile("cpu", cd_vs_scd={"n_images": 50}, classifier={"epochs": 10})
 
 ``"auto"`` resolves to ``"gpu"`` when CUDA is available and to ``"cpu"`` otherwise. Profiles are
 frozen dataclasses: a chapter cannot change one by accident, and two equal profiles compare equal
@@ -38,9 +38,8 @@ class Profile:
         image_size (int): H = W of the generated images, px.
         data_seed (int): seed of the bird generator.
         classifier (TrainConfig): the classifier the chapters train (and cache).
-        fido_iterations (int): optimisation steps per FIDO mask.
-        fido_samples (int): S, mask samples per image per step.
-        n_explain (int): images explained by FIDO / scored by Over-MAP in the experiments.
+        fido_iterations (int): optimisation steps per FIDO mask of ``fidobook masks`` (its default).
+        fido_samples (int): S, mask samples per image per step of ``fidobook masks``.
         mask_size (int): h = w of the low-resolution FIDO mask (upsampled to the image).
         segmenter (SegConfig): the object segmenter Over-MAP uses (trained and cached by
             :func:`fidobook.workflow.prepare_segmenter`). Default: ``SegConfig()``.
@@ -59,7 +58,6 @@ class Profile:
     classifier: TrainConfig
     fido_iterations: int
     fido_samples: int
-    n_explain: int
     mask_size: int
     data_seed: int = 0
     segmenter: SegConfig = SegConfig()
@@ -77,7 +75,7 @@ class Profile:
             raise TypeError(f"name: expected a non-empty str, got {self.name!r}")
         check_positive_int(self.n_classes, "n_classes", minimum=2)
         for f in ("train_per_class", "test_per_class", "image_size", "fido_iterations",
-                  "fido_samples", "n_explain", "mask_size"):
+                  "fido_samples", "mask_size"):
             check_positive_int(getattr(self, f), f)
         check_positive_int(self.data_seed, "data_seed", minimum=0)
         if not isinstance(self.classifier, TrainConfig):
@@ -120,39 +118,41 @@ PROFILES: dict[str, Profile] = {
         name="smoke", n_classes=10, train_per_class=80, test_per_class=10, image_size=48,
         classifier=TrainConfig(arch="small_cnn", width=24, epochs=25, batch_size=64, lr=1e-2,
                                image_size=48),
-        fido_iterations=20, fido_samples=4, n_explain=4, mask_size=12,
+        fido_iterations=20, fido_samples=4, mask_size=12,
         segmenter=SegConfig(width=8, levels=2, epochs=4, batch_size=16, lr=1e-2, image_size=48),
         max_batch=256,
         concrete=ConcreteSpec(mc=20_000, replicates=400, hist=20_000),
         one_bird=OneBirdSpec(iterations=20, samples=4, mask_size=12),
+        birds=BirdsSpec(examples=6, train_examples=12, error_examples=8),
         cd_vs_scd=CDvsSCDSpec(n_images=6, iterations=8, snapshots=(4,), samples=(1, 2, 4),
                               mask_size=12, chunk=6, steps=4, resamples=1000),
         enhance=EnhanceSpec(n_test=8, n_small=8, iterations=8, samples=2, mask_size=12, chunk=16,
                             resamples=1000),
         overmap=OverMAPSpec(per_case=6, n_fido=7, fido_iterations=20, fido_samples=2,
-                            mask_size=12, mc_passes=4, n_boot=200, batch=64),
+                            mask_size=12, mc_passes=4, n_boot=200, mc_batch=64),
         methods=MethodsSpec(n_images=6, fido_iterations=8, fido_snapshots=(4,), fido_s_max=4,
-                            fido_chunk=6, mask_size=12, batch=6, ig_steps=8, smooth_samples=4,
+                            fido_chunk=6, mask_size=12, ig_steps=8, smooth_samples=4,
                             steps=8, resamples=1000),
     ),
     "cpu": Profile(
         name="cpu", n_classes=50, train_per_class=200, test_per_class=20, image_size=64,
         classifier=TrainConfig(arch="small_cnn", width=32, epochs=20, batch_size=64, lr=1e-2,
                                image_size=64),
-        fido_iterations=150, fido_samples=8, n_explain=32, mask_size=16,
+        fido_iterations=150, fido_samples=8, mask_size=16,
         segmenter=SegConfig(width=16, levels=3, epochs=3, batch_size=64, lr=3e-3, image_size=64),
         max_batch=256,
         concrete=ConcreteSpec(mc=1_000_000, replicates=10_000, hist=200_000),
         one_bird=OneBirdSpec(iterations=150, samples=8, mask_size=16),
+        birds=BirdsSpec(examples=6, train_examples=12, error_examples=8),
         cd_vs_scd=CDvsSCDSpec(n_images=100, iterations=20, snapshots=(5, 10),
                               samples=(1, 2, 4, 8, 16), mask_size=16, chunk=25, steps=16,
                               resamples=2000),
         enhance=EnhanceSpec(n_test=200, n_small=100, iterations=30, samples=4, mask_size=16,
                             chunk=50, resamples=2000),
         overmap=OverMAPSpec(per_case=100, n_fido=42, fido_iterations=100, fido_samples=2,
-                            mask_size=16, mc_passes=10, n_boot=1000, batch=128),
+                            mask_size=16, mc_passes=10, n_boot=1000, mc_batch=128),
         methods=MethodsSpec(n_images=100, fido_iterations=20, fido_snapshots=(5, 10),
-                            fido_s_max=16, fido_chunk=25, mask_size=16, batch=25, ig_steps=32,
+                            fido_s_max=16, fido_chunk=25, mask_size=16, ig_steps=32,
                             smooth_samples=16, steps=16, resamples=2000),
     ),
     "gpu": Profile(
@@ -160,20 +160,21 @@ PROFILES: dict[str, Profile] = {
         classifier=TrainConfig(arch="resnet18", cbam=True, dropout=0.2, stem="imagenet",
                                epochs=60, batch_size=128, lr=2e-3, weight_decay=0.05,
                                image_size=224),
-        fido_iterations=300, fido_samples=16, n_explain=200, mask_size=56,
+        fido_iterations=300, fido_samples=16, mask_size=56,
         segmenter=SegConfig(width=32, levels=4, epochs=8, batch_size=64, lr=2e-3, image_size=224),
         max_batch=512,
         concrete=ConcreteSpec(mc=10_000_000, replicates=50_000, hist=1_000_000),
         one_bird=OneBirdSpec(iterations=300, samples=16, mask_size=56),
+        birds=BirdsSpec(examples=6, train_examples=12, error_examples=8),
         cd_vs_scd=CDvsSCDSpec(n_images=200, iterations=300, snapshots=(50, 100, 200),
                               samples=(1, 2, 4, 8, 16), mask_size=56, chunk=50, steps=32,
                               resamples=2000),
         enhance=EnhanceSpec(n_test=500, n_small=500, iterations=100, samples=8, mask_size=56,
                             chunk=250, resamples=2000),
         overmap=OverMAPSpec(per_case=250, n_fido=350, fido_iterations=300, fido_samples=4,
-                            mask_size=56, mc_passes=30, n_boot=2000, batch=128),
+                            mask_size=56, mc_passes=30, n_boot=2000, mc_batch=128),
         methods=MethodsSpec(n_images=200, fido_iterations=300, fido_snapshots=(50, 100, 200),
-                            fido_s_max=16, fido_chunk=50, mask_size=56, batch=50, ig_steps=64,
+                            fido_s_max=16, fido_chunk=50, mask_size=56, ig_steps=64,
                             smooth_samples=32, steps=32, resamples=2000),
     ),
 }
@@ -208,7 +209,7 @@ def get_profile(name: str = "auto", **overrides) -> Profile:
 
     Examples::
 
-        >>> get_profile("smoke", n_explain=2).n_explain
+        >>> get_profile("smoke", cd_vs_scd={"n_images": 2}).cd_vs_scd.n_images
         2
         >>> get_profile("cpu", classifier={"epochs": 5}).classifier.epochs
         5

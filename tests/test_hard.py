@@ -253,7 +253,7 @@ class TestPrepareHardSet:
     def profile(self):
         return Profile(name="tiny", n_classes=3, train_per_class=1, test_per_class=1, image_size=24,
                        classifier=TrainConfig(arch="small_cnn", width=8, epochs=1, image_size=24),
-                       fido_iterations=1, fido_samples=1, n_explain=1, mask_size=4)
+                       fido_iterations=1, fido_samples=1, mask_size=4)
 
     def test_cached_and_loaded(self, profile, tmp_path, monkeypatch):
         first = workflow.prepare_hard_set(profile, ("novel", "small"), per_case=2, cache_dir=tmp_path)
@@ -308,7 +308,7 @@ class TestPrepareHardSetDamage:
     def profile(self):
         return Profile(name="tiny", n_classes=3, train_per_class=1, test_per_class=1, image_size=24,
                        classifier=TrainConfig(arch="small_cnn", width=8, epochs=1, image_size=24),
-                       fido_iterations=1, fido_samples=1, n_explain=1, mask_size=4)
+                       fido_iterations=1, fido_samples=1, mask_size=4)
 
     def cached(self, profile, tmp_path):
         first = workflow.prepare_hard_set(profile, self.CASES, per_case=2, cache_dir=tmp_path)

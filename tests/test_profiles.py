@@ -21,7 +21,7 @@ class TestProfiles:
 
     def test_sizes_grow(self):
         s, c, g = PROFILES["smoke"], PROFILES["cpu"], PROFILES["gpu"]
-        for f in ("n_classes", "image_size", "fido_iterations", "n_explain"):
+        for f in ("n_classes", "image_size", "fido_iterations", "max_batch"):
             assert getattr(s, f) <= getattr(c, f) <= getattr(g, f), f
         assert c.n_classes == 50 and c.image_size == 64
         assert g.classifier.arch == "resnet18"
@@ -37,12 +37,13 @@ class TestProfiles:
 
     def test_frozen(self):
         with pytest.raises(dataclasses.FrozenInstanceError):
-            get_profile("smoke").n_explain = 3
+            get_profile("smoke").fido_samples = 3
 
     def test_overrides(self):
-        p = get_profile("smoke", n_explain=2, fido_samples=3)
-        assert (p.n_explain, p.fido_samples) == (2, 3)
-        assert PROFILES["smoke"].n_explain != 2 or PROFILES["smoke"].fido_samples != 3
+        p = get_profile("smoke", cd_vs_scd={"n_images": 2}, fido_samples=3)
+        assert (p.cd_vs_scd.n_images, p.fido_samples) == (2, 3)
+        assert PROFILES["smoke"].cd_vs_scd.n_images != 2 or PROFILES["smoke"].fido_samples != 3
+        assert p.cd_vs_scd.iterations == PROFILES["smoke"].cd_vs_scd.iterations  # merged, not replaced
         p = get_profile("cpu", classifier={"epochs": 5})
         assert p.classifier.epochs == 5
         assert p.classifier.width == PROFILES["cpu"].classifier.width
@@ -60,12 +61,16 @@ class TestProfiles:
             get_profile("smoke", classifier={"epoch": 3})
 
     def test_bad_values(self):
-        with pytest.raises(ValueError, match="n_explain"):
-            get_profile("smoke", n_explain=0)
+        with pytest.raises(ValueError, match="fido_samples"):
+            get_profile("smoke", fido_samples=0)
+        with pytest.raises(ValueError, match="n_images"):
+            get_profile("smoke", cd_vs_scd={"n_images": 0})
         with pytest.raises(TypeError, match="classifier"):
             get_profile("smoke", classifier=3)
         with pytest.raises(ValueError, match="mask_size"):
             get_profile("smoke", mask_size=1000)
 
     def test_names(self):
-        assert PROFILE_NAMES == ("smoke", "cpu", "gpu", "auto")
+        assert PROFILE_NAMES == ("smoke", "cpu", "gpu", "cub", "auto")
+        cub, gpu = PROFILES["cub"], PROFILES["gpu"]
+        assert cub.image_size == 224 and cub.classifier.arch == "resnet50" and cub.cd_vs_scd == gpu.cd_vs_scd

@@ -375,7 +375,7 @@ class TestPrepareSegmenter:
         profile = Profile(name="tiny", n_classes=3, train_per_class=6, test_per_class=2,
                           image_size=24,
                           classifier=TrainConfig(arch="small_cnn", width=8, epochs=1, image_size=24),
-                          fido_iterations=1, fido_samples=1, n_explain=1, mask_size=4,
+                          fido_iterations=1, fido_samples=1, mask_size=4,
                           segmenter=SegConfig(width=4, levels=1, epochs=1, batch_size=6,
                                               image_size=24))
         model, history = workflow.prepare_segmenter(profile, tmp_path)

@@ -19,7 +19,7 @@ from fidobook.profiles import Profile
 def profile():
     return Profile(name="tiny", n_classes=3, train_per_class=2, test_per_class=1, image_size=24,
                    classifier=TrainConfig(arch="small_cnn", width=8, epochs=1, image_size=24),
-                   fido_iterations=1, fido_samples=1, n_explain=1, mask_size=4)
+                   fido_iterations=1, fido_samples=1, mask_size=4)
 
 
 def dead_pid() -> int:
