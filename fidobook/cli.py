@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
                             help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
         sp.add_argument("--profile", default="auto", choices=PROFILE_NAMES,
-                        help="smoke, cpu, gpu or auto (default)")
+                        help="smoke, cpu, gpu, cub or auto (default)")
         sp.add_argument("--cache-dir", type=_folder, default=None, help="default: $FIDOBOOK_CACHE or .cache")
         sp.set_defaults(parser=sp)
         return sp
