@@ -371,8 +371,14 @@ class Context:
         or the profile's, trained (on the birds or on the folder's training split) and cached."""
         if "classifier" not in self._models:
             with torch.enable_grad():  # the first call may train, even inside a caller's no_grad
-                self._models["classifier"] = self._load_classifier()
+                self._models["classifier"], self._models["classifier_history"] = self._load_classifier()
         return self._models["classifier"]
+
+    def classifier_history(self) -> dict | None:
+        """The training history of the classifier (per-epoch ``train_loss``, ``train_acc``,
+        ``test_acc``, ``seconds``, ...), or None for the reader's own weights."""
+        self.classifier()
+        return self._models["classifier_history"]
 
     def _load_weights(self) -> nn.Module:
         """The reader's ResNet from ``weights``: read with ``weights_only=True``, its class count
@@ -393,15 +399,15 @@ class Context:
             model.normalize = Normalize(*self.normalize)
         return model.to(self.device).eval()
 
-    def _load_classifier(self) -> nn.Module:
+    def _load_classifier(self) -> tuple[nn.Module, dict | None]:
+        """``(model, training history or None)``."""
         if self.weights is not None:
-            return self._load_weights()
+            return self._load_weights(), None
         if self.source == "birds":
             from ..workflow import prepare_classifier
 
-            model, _ = prepare_classifier(self.profile, self.cache_dir, device=self.device,
-                                          progress=self.progress)
-            return model
+            return prepare_classifier(self.profile, self.cache_dir, device=self.device,
+                                      progress=self.progress)
         from ..models.train import load_cached_classifier, train_classifier
 
         config = self.profile.classifier
@@ -424,20 +430,20 @@ class Context:
                 from ..models.segnet import load_cached_segmenter, train_segmenter
 
                 with torch.enable_grad():  # as in classifier()
-                    model = self._train(self.profile.segmenter, load_cached_segmenter, train_segmenter)
+                    model, _ = self._train(self.profile.segmenter, load_cached_segmenter,
+                                           train_segmenter)
             self._models["segmenter"] = model
         return self._models["segmenter"]
 
-    def _train(self, config, load_cached, train) -> nn.Module:
-        """A model trained on this folder's splits (cached by config and data fingerprint)."""
+    def _train(self, config, load_cached, train) -> tuple[nn.Module, dict]:
+        """``(model, history)`` trained on this folder's splits (cached by config and data)."""
         fingerprint = f"cub-{self._data_fingerprint()}"
         folder = self.cache_dir / "models"
         hit = load_cached(config, folder, fingerprint, device=self.device)
         if hit is not None:
-            return hit[0]
-        model, _ = train(config, self.split("train"), self.split("test"), cache_dir=folder,
-                         device=self.device, progress=self.progress, fingerprint=fingerprint)
-        return model
+            return hit
+        return train(config, self.split("train"), self.split("test"), cache_dir=folder,
+                     device=self.device, progress=self.progress, fingerprint=fingerprint)
 
     # -- identity --------------------------------------------------------------------------
 

@@ -65,12 +65,14 @@ class ConcreteSpec(_Spec):
     Attributes:
         mc: draws per (θ, t) for the moments of the pathwise gradient.
         replicates: replicate S-sample means per S.
-        hist: draws per histogram.
+        hist: draws per histogram (the temperature explorer uses at most 50,000 of them).
+        seed: the Monte Carlo draws' seed (each statistic its own offset from it).
     """
 
     mc: int = 1_000_000
     replicates: int = 10_000
     hist: int = 200_000
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,24 +83,40 @@ class OneBirdSpec(_Spec):
         iterations: FIDO steps.
         samples: mask samples per step (S).
         mask_size: side of the low-resolution mask.
-        image: index of the explained image in the test split.
+        image: index of the explained image in the test split; None: the chapter's rule
+            (among the correctly classified test birds whose class has a one-part neighbour,
+            the first of those with the fewest separating part types; on data without a class
+            table, the first correctly classified test image).
+        seed: the masks' noise seed (every fit of the chapter uses it) and, plus 1 and 2, the
+            seeds of the random pixel control and of the random infills.
     """
 
     iterations: int = 150
     samples: int = 8
     mask_size: int = 16
-    image: int = 0
+    image: int | None = None
+    seed: int = 0
 
 
 @dataclass(frozen=True)
 class BirdsSpec(_Spec):
     """Chapter 3, the data set and the classifier: how many examples the report keeps.
 
+    The report itself always covers the whole test split (accuracy, confusions, errors by part,
+    attention shares); these fields only size its galleries.
+
     Attributes:
-        examples: example images kept for the galleries.
+        examples: test images of the ground-truth and attention galleries (the first test image
+            of each of the first classes).
+        train_examples: training images of the missing-parts gallery (birds only).
+        error_examples: errors between classes one part apart shown (birds only).
+        seed: render seed of the variant gallery and of a class with its neighbours (birds only).
     """
 
-    examples: int = 8
+    examples: int = 6
+    train_examples: int = 12
+    error_examples: int = 8
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,6 +133,8 @@ class CDvsSCDSpec(_Spec):
         steps: steps of the deletion / insertion curves.
         resamples: bootstrap resamples.
         margin: non-inferiority margin on scores in [0, 1], declared before the run.
+        seed: the images' permutation, their noise seeds (image ``i`` of the split draws from
+            ``i + seed · n_test``), the bootstrap and the random baseline order.
     """
 
     n_images: int = 100
@@ -126,6 +146,7 @@ class CDvsSCDSpec(_Spec):
     steps: int = 16
     resamples: int = 2000
     margin: float = 0.02
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,14 +154,16 @@ class EnhanceSpec(_Spec):
     """Chapter 5, mask-guided classification.
 
     Attributes:
-        n_test: normal test images.
-        n_small: small birds of the hard test set (birds only).
+        n_test: normal test images (evenly spaced over the test split).
+        n_small: small birds of the hard test set (birds only: a CUB-format folder has none).
         iterations: FIDO steps per mask.
         samples: mask samples per step.
         mask_size: side of the low-resolution mask.
         chunk: images per cached fit.
         resamples: bootstrap resamples.
-        threshold: the mask threshold of fido-pytorch's procedure.
+        threshold: the mask threshold of fido-pytorch's procedure (the sweep adds others).
+        seed: the masks' noise seeds (image ``i`` of both sets draws from
+            ``seed · 100000 + i``), the bootstrap and (plus 1) the random boxes.
     """
 
     n_test: int = 200
@@ -151,29 +174,41 @@ class EnhanceSpec(_Spec):
     chunk: int = 50
     resamples: int = 2000
     threshold: float = 0.5
+    seed: int = 0
 
 
 @dataclass(frozen=True)
 class OverMAPSpec(_Spec):
-    """Chapter 6, Over-MAP.
+    """Chapter 6, Over-MAP: the whole test split plus hard cases, scored by every confidence.
 
     Attributes:
-        per_case: hard images per case (birds only).
-        n_fido: images explained by FIDO (a balanced subset of the cases).
-        fido_iterations, fido_samples, mask_size: the FIDO fits.
+        n_normal: test images scored as the ``normal`` case, evenly spaced over the split (which
+            is ordered by class); None: the whole test split.
+        per_case: images per hard case: the generated cases on the birds; on a CUB-format folder
+            the one case the package can make from real images, ``corrupted`` (noise, blur or
+            contrast loss applied to this many test images, evenly spaced over the split).
+        n_fido: images explained by FIDO (the same number from every case, at least one).
+        fido_iterations, fido_samples, mask_size: the FIDO-SCD fits (steps, S, mask side).
         mc_passes: MC-dropout passes T.
-        n_boot: bootstrap resamples.
-        batch: images per forward pass.
+        mc_batch: images per MC-dropout forward pass. The dropout masks are drawn per batch, so
+            it changes the draws: it is part of the spec, not a memory bound (the other passes
+            use ``context.profile.max_batch``).
+        n_boot: bootstrap resamples of every interval.
+        seed: MC dropout's masks, the random tie-breaking of the rejection tables, the
+            bootstrap resamples, FIDO's noise (image ``i`` of the evaluation set draws from
+            ``seed + i``) and the corruptions of real images.
     """
 
+    n_normal: int | None = None
     per_case: int = 100
     n_fido: int = 42
     fido_iterations: int = 100
     fido_samples: int = 2
     mask_size: int = 16
     mc_passes: int = 10
+    mc_batch: int = 128
     n_boot: int = 1000
-    batch: int = 128
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,13 +217,17 @@ class MethodsSpec(_Spec):
     so its cached fits are reused.
 
     Attributes:
-        n_images: test images explained.
-        fido_iterations, fido_snapshots, fido_s_max, fido_chunk, mask_size: chapter 4's fits.
-        batch: images per attribution call.
+        n_images: test images explained (chapter 4's first ``n_images``, with ``seed``).
+        fido_iterations, fido_snapshots, fido_chunk, mask_size: chapter 4's fits (its
+            ``iterations``, ``snapshots``, ``chunk``, ``mask_size``).
+        fido_s_max: S of the CD fit (chapter 4's largest S); the SCD fit uses S = 1.
         ig_steps: integrated-gradients steps.
         smooth_samples: SmoothGrad samples.
+        sigma: SmoothGrad's noise standard deviation, on the [0, 1] pixel scale.
         steps: steps of the deletion / insertion curves.
         resamples: bootstrap resamples.
+        seed: chapter 4's seed (the images, FIDO's noise), SmoothGrad's noise, the bootstrap
+            and (plus 1) the random map.
     """
 
     n_images: int = 100
@@ -197,11 +236,12 @@ class MethodsSpec(_Spec):
     fido_s_max: int = 16
     fido_chunk: int = 25
     mask_size: int = 16
-    batch: int = 25
     ig_steps: int = 32
     smooth_samples: int = 16
+    sigma: float = 0.15
     steps: int = 16
     resamples: int = 2000
+    seed: int = 0
 
 
 #: Experiment name -> spec class; the names are the :class:`fidobook.profiles.Profile` fields.
