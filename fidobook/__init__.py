@@ -1,6 +1,8 @@
 """fidobook: attribution masks (FIDO with concrete and simplified concrete dropout) and
 Over-MAP confidence for fine-grained image classification — the package behind the book."""
-from . import cam, data, enhance, metrics, models, overmap, parts, plots, segmentation, stats, study
+from . import (attribution, cam, data, enhance, experiments, metrics, models, overmap, parts, plots,
+               segmentation, stats, study)
+from .attribution import ATTRIBUTIONS, get_attribution
 from .cam import attention_maps, cbam_attention, grad_cam
 from .data import CUB, HARD_CASES, PART_NAMES, generate, load_tensors, make_hard_set, render_bird
 from .enhance import crop_boxes, mask_boxes, random_boxes_like
