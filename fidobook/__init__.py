@@ -46,6 +46,7 @@ __all__ = [
     "data_dir", "load_split", "prepare_classifier", "prepare_data", "prepare_hard_set",
     "prepare_segmenter",
     "cam", "attention_maps", "cbam_attention", "grad_cam",
+    "attribution", "ATTRIBUTIONS", "get_attribution", "experiments",
     "enhance", "crop_boxes", "mask_boxes", "random_boxes_like",
     "HARD_CASES", "make_hard_set",
     "metrics", "curve_auc", "deletion_curve", "insertion_curve", "map_iou", "mass_outside",
