@@ -23,6 +23,11 @@ available". This module makes both kinds of segmentation and applies that rule:
 Both apply the **not-available rule**: a mask that is empty or covers less than ``min_area`` of
 the image is not available; its ``available`` flag is False and its mask is all False (so an
 overlap computed from it is 0, as Over-MAP prescribes).
+
+:func:`object_segmentations` makes the kinds Over-MAP scores against (:data:`SEGMENTATION_KINDS`)
+in one call: ``"plain"`` (:func:`segment`), ``"guided"`` (:func:`guided_segmentation` of the
+plain probabilities and a CAM) and ``"true"`` (ground-truth object masks, the oracle, always
+available); :func:`fidobook.overmap.overmap_scores` uses it batch by batch.
 """
 from __future__ import annotations
 
@@ -35,7 +40,11 @@ from . import _checks
 from .fido import frozen_model
 from .metrics import _mask_boxes, box_masks
 
-__all__ = ["Segmentation", "segment", "guided_segmentation"]
+__all__ = ["Segmentation", "segment", "guided_segmentation", "object_segmentations",
+           "SEGMENTATION_KINDS"]
+
+#: The segmentations :func:`object_segmentations` makes (and Over-MAP scores against).
+SEGMENTATION_KINDS = ("guided", "plain", "true")
 
 
 class Segmentation(NamedTuple):
@@ -179,3 +188,90 @@ def guided_segmentation(probs: Tensor | None, cams: Tensor, *, threshold: float 
     # ``inside &``: at threshold 0 the zero score outside the box must not count as object.
     masks, available = _apply_min_area(inside & (score >= threshold), min_area)
     return Segmentation(masks, available, score)
+
+
+def object_segmentations(segmenter: nn.Module | None, images: Tensor, cams: Tensor | None = None, *,
+                         kinds=("guided", "plain"), objects: Tensor | None = None,
+                         threshold: float = 0.5, min_area: float = 0.01, pad: float = 0.1,
+                         batch_size: int | None = None) -> dict[str, Segmentation]:
+    """The segmentations Over-MAP scores against, by kind (:data:`SEGMENTATION_KINDS`).
+
+    - ``"plain"``: :func:`segment` of ``images`` with ``segmenter``;
+    - ``"guided"``: :func:`guided_segmentation` of the plain probabilities and ``cams`` (the
+      segmenter's box, refined by the class activation map);
+    - ``"true"``: the ground-truth ``objects`` (an oracle no deployed system has): ``masks`` the
+      objects, ``available`` all True (the truth is never "not available"), ``probs`` the masks
+      as 0/1 floats.
+
+    Args:
+        segmenter (nn.Module or None): images in [0, 1] → logits ``Tensor[N, 1, H, W]``; needed
+            for ``"plain"`` and ``"guided"``.
+        images (Tensor[N, 3, H, W]): float in [0, 1], on the segmenter's device.
+        cams (Tensor[N, H, W], optional): class activation maps in [0, 1]; needed for
+            ``"guided"``.
+        kinds (sequence of str, optional): which segmentations, each once. Default:
+            ``("guided", "plain")``.
+        objects (Tensor[N, H, W], optional): object masks by the package's one rule (bool, 0/1 or
+            0/255 integers, float >= 0.5 = in); needed for ``"true"``.
+        threshold, min_area, pad: as for :func:`segment` and :func:`guided_segmentation`.
+        batch_size (int, optional): images per forward pass of the segmenter; None: all at once.
+
+    Returns:
+        dict[str, Segmentation]: one per kind, in the order of ``kinds``; masks ``BoolTensor[N, H,
+        W]``, ``available`` ``BoolTensor[N]``, ``probs`` ``Tensor[N, H, W]``, on the images'
+        device.
+
+    Raises:
+        ValueError: an unknown or repeated kind, or a kind without what it needs (the message
+            says which argument is missing).
+    """
+    kinds = _check_kinds(kinds)
+    _checks.check_images(images)
+    n, _, height, width = images.shape
+    out: dict[str, Segmentation] = {}
+    plain = None
+    if "plain" in kinds or "guided" in kinds:
+        if segmenter is None:
+            raise ValueError(f"segmenter: expected a segmentation network for the kinds "
+                             f"{[k for k in kinds if k != 'true']}, got None")
+        plain = segment(segmenter, images, threshold=threshold, min_area=min_area,
+                        batch_size=batch_size)
+    if "guided" in kinds and cams is None:
+        raise ValueError("cams: expected class activation maps Tensor[N, H, W] for the 'guided' "
+                         "segmentation, got None")
+    truth = None
+    if "true" in kinds:
+        if objects is None:
+            raise ValueError("objects: expected ground-truth object masks Tensor[N, H, W] for the "
+                             "'true' segmentation, got None")
+        from ._maps import as_masks
+
+        truth = as_masks(objects, "objects", non_empty=True).to(images.device)
+        if truth.shape != (n, height, width):
+            raise ValueError(f"objects: expected shape {(n, height, width)} (the images'), got "
+                             f"{tuple(truth.shape)}")
+    for kind in kinds:
+        if kind == "plain":
+            out[kind] = plain
+        elif kind == "guided":
+            out[kind] = guided_segmentation(plain.probs, cams, threshold=threshold,
+                                            min_area=min_area, pad=pad)
+        else:
+            out[kind] = Segmentation(truth, torch.ones(n, dtype=torch.bool, device=images.device),
+                                     truth.to(images.dtype))
+    return out
+
+
+def _check_kinds(kinds) -> tuple[str, ...]:
+    """``kinds`` as a non-empty tuple of distinct :data:`SEGMENTATION_KINDS`."""
+    if isinstance(kinds, str) or not isinstance(kinds, (tuple, list)):
+        raise TypeError(f"kinds: expected a sequence of names among {list(SEGMENTATION_KINDS)}, "
+                        f"got {kinds!r}")
+    kinds = tuple(kinds)
+    if not kinds:
+        raise ValueError(f"kinds: expected at least one of {list(SEGMENTATION_KINDS)}, got none")
+    for k in kinds:
+        _checks.check_choice(k, "kinds", SEGMENTATION_KINDS)
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds: expected each kind once, got {list(kinds)}")
+    return kinds

@@ -7,10 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from fidobook.overmap import (REJECTION_RATES, accept_order, aurc, augrc, auroc, bootstrap, e_aurc,
+from fidobook.cam import cbam_attention, grad_cam
+from fidobook.overmap import (REJECTION_RATES, SOURCES, accept_order, attention_sources, aurc, augrc,
+                              auroc, bootstrap, compare_rejection, compare_scores, e_aurc,
                               max_softmax, mc_dropout_probs, mc_dropout_scores, negative_entropy,
-                              overlap_iou, overlap_mass, rejection_table, risk_coverage,
-                              topk_correct)
+                              overlap_iou, overlap_mass, overmap_maps, overmap_scores,
+                              rejection_table, risk_coverage, topk_correct)
+from fidobook.segmentation import guided_segmentation, segment
+from fidobook.stats import VERDICTS
 
 # Five predictions, already in order of confidence: right, wrong, right, right, wrong.
 CONF = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
@@ -449,3 +453,268 @@ class TestOverlap:
             overlap_mass(self.MAPS, self.SEG.float() * 2)
         with pytest.raises(TypeError, match="maps"):
             overlap_mass(self.SEG, self.SEG)
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline: overmap_scores / overmap_maps / attention_sources, and the paired comparisons
+# --------------------------------------------------------------------------------------------
+
+class _RedSegmenter(nn.Module):
+    """Known-answer segmenter: object where the red channel exceeds 0.5 (logit ±10)."""
+
+    def forward(self, x):
+        return 20 * (x[:, :1] - 0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny CBAM classifier, a segmenter, 6 images of 16 px (a red square on each) and their
+    true squares."""
+    from fidobook.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(3, width=4).eval()
+    g = torch.Generator().manual_seed(1)
+    images = 0.4 * torch.rand(6, 3, 16, 16, generator=g)
+    truth = torch.zeros(6, 16, 16, dtype=torch.bool)
+    for i in range(6):
+        a = 2 + i % 4
+        truth[i, a:a + 6 + i % 3, a + 1:a + 7] = True
+    images[:, 0][truth] = 0.9  # a red square: the segmenter's object
+    images[5] = 0.2  # no red at all: the segmentation is not available
+    truth[5] = False
+    truth[5, 0, 0] = True
+    return model, _RedSegmenter(), images, truth
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
+
+
+class TestOverMAPScores:
+    def test_equals_the_pieces_composed_by_hand(self, tiny):
+        model, seg, images, truth = tiny
+        got = overmap_scores(model, images, segmenter=seg, objects=truth,
+                             segmentations=("guided", "plain", "true"))
+        targets = model(images).argmax(1)  # None: the prediction
+        cam = grad_cam(model, images, targets)
+        att = cbam_attention(model, images)
+        plain = segment(seg, images)
+        guided = guided_segmentation(plain.probs, cam)
+        segs = {"guided": (guided.masks, guided.available), "plain": (plain.masks, plain.available),
+                "true": (truth, torch.ones(6, dtype=torch.bool))}
+        for source, m in (("gradcam", cam), ("cbam", att)):
+            for kind, (masks, ok) in segs.items():
+                torch.testing.assert_close(got[f"{source}/{kind}"], overlap_mass(m, masks, ok))
+                torch.testing.assert_close(got[f"{source}/{kind}/iou"], overlap_iou(m, masks, 0.5, ok))
+        assert torch.equal(got["available/guided"], guided.available)
+        assert got["available/plain"].tolist() == [True] * 5 + [False]  # image 5: no red
+        assert got["available/true"].all()
+        assert got["gradcam/plain"][5] == 0 and got["cbam/guided"][5] == 0  # not available: 0
+        iou = got["segmentation_iou"]
+        assert torch.allclose(iou[:5], torch.ones(5, dtype=torch.float64))  # the red squares
+        assert iou[5] == 0  # an empty mask against a one-pixel object
+        assert list(got)[:2] == ["gradcam/guided", "gradcam/guided/iou"]
+        for v in got.values():
+            assert v.shape == (6,) and v.device.type == "cpu"
+
+    def test_batch_size_targets_and_uint8(self, tiny):
+        model, seg, images, _ = tiny
+        whole = overmap_scores(model, images, [1] * 6, segmenter=seg)
+        for kw in ({"batch_size": 1}, {"batch_size": 4}):
+            parts = overmap_scores(model, images, torch.ones(6, dtype=torch.long), segmenter=seg, **kw)
+            for k in whole:
+                torch.testing.assert_close(parts[k], whole[k])
+        as_bytes = (images * 255).round().to(torch.uint8)
+        a = overmap_scores(model, as_bytes, 1, segmenter=seg, batch_size=4)
+        b = overmap_scores(model, as_bytes.float() / 255, 1, segmenter=seg)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k])
+        other = overmap_scores(model, images, 0, segmenter=seg)
+        assert not torch.equal(other["gradcam/guided"], whole["gradcam/guided"])  # targets matter
+        torch.testing.assert_close(other["cbam/plain"], whole["cbam/plain"])  # CBAM is classless
+
+    def test_extra_maps_known_answer(self, tiny):
+        model, seg, images, truth = tiny
+        inside = truth.float()  # all its mass on the object: 1 where the segmentation is right
+        got = overmap_scores(model, images, segmenter=seg, objects=truth, sources=(),
+                             segmentations=("true", "plain"), extra_maps={"oracle_map": inside})
+        assert set(got) == {"oracle_map/true", "oracle_map/true/iou", "oracle_map/plain",
+                            "oracle_map/plain/iou", "available/true", "available/plain",
+                            "segmentation_iou"}
+        assert got["oracle_map/true"].tolist() == [1.0] * 6
+        assert got["oracle_map/plain"].tolist() == [1.0] * 5 + [0.0]  # not available: 0
+        on_channel = overmap_scores(model, images, segmenter=seg, sources=(),
+                                    segmentations=("plain",), extra_maps={"m": inside[:, None]})
+        torch.testing.assert_close(on_channel["m/plain"], got["oracle_map/plain"])
+
+    def test_guided_without_gradcam_source_and_true_only(self, tiny):
+        model, seg, images, truth = tiny
+        full = overmap_scores(model, images, segmenter=seg)
+        only_cbam = overmap_scores(model, images, segmenter=seg, sources=("cbam",))
+        assert set(only_cbam) == {"cbam/guided", "cbam/guided/iou", "cbam/plain", "cbam/plain/iou",
+                                  "available/guided", "available/plain"}
+        torch.testing.assert_close(only_cbam["cbam/guided"], full["cbam/guided"])
+        oracle = overmap_scores(model, images, objects=truth, segmentations=("true",))
+        assert set(oracle) == {f"{s}/true{x}" for s in SOURCES for x in ("", "/iou")} | {"available/true"}
+
+    def test_maps_match_scores(self, tiny):
+        model, seg, images, truth = tiny
+        kw = {"segmenter": seg, "segmentations": ("guided", "plain", "true")}
+        scores = overmap_scores(model, images, objects=truth, **kw)
+        maps, segs = overmap_maps(model, images[:3], objects=truth[:3], **kw, batch_size=2)
+        assert list(maps) == ["gradcam", "cbam"] and list(segs) == ["guided", "plain", "true"]
+        for source, m in maps.items():
+            assert m.shape == (3, 16, 16) and m.device.type == "cpu"
+            for kind, s in segs.items():
+                torch.testing.assert_close(overlap_mass(m, s.masks, s.available),
+                                           scores[f"{source}/{kind}"][:3])
+
+    def test_no_hook_survives_a_run_or_an_error(self, tiny):
+        model, seg, images, _ = tiny
+        before = _hooks(model)
+        overmap_scores(model, images, segmenter=seg, batch_size=3)
+        assert _hooks(model) == before
+
+        class Broken(nn.Module):
+            def forward(self, x):
+                raise RuntimeError("segmenter broke")
+
+        with pytest.raises(RuntimeError, match="segmenter broke"):
+            overmap_scores(model, images, segmenter=Broken())
+        assert _hooks(model) == before
+        assert not model.training and all(p.requires_grad for p in model.parameters())
+
+    def test_attention_sources(self, tiny):
+        from fidobook.models import SmallCNN
+        from fidobook.models.resnet import resnet
+
+        assert attention_sources(tiny[0]) == ("gradcam", "cbam")
+        assert attention_sources(SmallCNN(3, width=4, cbam=False)) == ("gradcam",)
+        assert attention_sources(resnet("resnet18", 3)) == ("gradcam",)
+        assert attention_sources(resnet("resnet18", 3, cbam=True)) == ("gradcam", "cbam")
+        assert attention_sources(nn.Linear(2, 2)) == ()
+        with pytest.raises(TypeError, match="model"):
+            attention_sources("resnet18")
+
+    def test_errors(self, tiny):
+        from fidobook.models import SmallCNN
+
+        model, seg, images, truth = tiny
+        with pytest.raises(ValueError, match="sources: 'cbam' needs CBAM blocks"):
+            overmap_scores(SmallCNN(3, width=4, cbam=False), images, segmenter=seg)
+        with pytest.raises(ValueError, match="segmenter"):
+            overmap_scores(model, images)
+        with pytest.raises(ValueError, match="objects"):
+            overmap_scores(model, images, segmenter=seg, segmentations=("true",))
+        with pytest.raises(ValueError, match="objects: expected shape"):
+            overmap_scores(model, images, objects=truth[:3], segmentations=("true",))
+        with pytest.raises(ValueError, match="sources"):
+            overmap_scores(model, images, segmenter=seg, sources=("fido",))
+        with pytest.raises(ValueError, match="sources"):
+            overmap_scores(model, images, segmenter=seg, sources=())
+        with pytest.raises(ValueError, match="segmentations"):
+            overmap_scores(model, images, segmenter=seg, segmentations=("plain", "plain"))
+        with pytest.raises(TypeError, match="segmentations"):
+            overmap_scores(model, images, segmenter=seg, segmentations="plain")
+        with pytest.raises(ValueError, match="extra_maps"):
+            overmap_scores(model, images, segmenter=seg, extra_maps={"gradcam": truth.float()})
+        with pytest.raises(ValueError, match="extra_maps"):
+            overmap_scores(model, images, segmenter=seg, extra_maps={"a/b": truth.float()})
+        with pytest.raises(ValueError, match=r"extra_maps\['m'\]: expected non-negative"):
+            overmap_scores(model, images, segmenter=seg, extra_maps={"m": -truth.float()})
+        with pytest.raises(ValueError, match=r"extra_maps\['m'\]: expected shape"):
+            overmap_scores(model, images, segmenter=seg, extra_maps={"m": truth[:2].float()})
+        with pytest.raises(ValueError, match="images"):
+            overmap_scores(model, images * 2, segmenter=seg)
+        with pytest.raises(ValueError, match="images: expected 3 channels"):
+            overmap_scores(model, images[:, :2], segmenter=seg)
+        with pytest.raises(ValueError, match="target"):
+            overmap_scores(model, images, 7, segmenter=seg)
+        with pytest.raises(ValueError, match="iou_threshold"):
+            overmap_scores(model, images, segmenter=seg, iou_threshold=2.0)
+        with pytest.raises(TypeError, match="images"):
+            overmap_scores(model, images.double(), segmenter=seg)  # no silent cast
+
+
+class TestCompareScores:
+    def test_perfect_against_random_and_self(self, gen):
+        ok = torch.rand(60, generator=gen) < 0.7
+        perfect, random = ok.double(), torch.zeros(60)
+        c = compare_scores("e_aurc", perfect, random, ok, n_boot=200, generator=0)
+        assert c.word == "better" and c.n == 60 and c.margin == 0
+        assert c.mean == pytest.approx(e_aurc(random, ok) - e_aurc(perfect, ok))
+        assert c.low > 0
+        worse = compare_scores("aurc", random, perfect, ok, n_boot=200, generator=0)
+        assert worse.word == "worse" and worse.mean == pytest.approx(-c.mean)
+        assert compare_scores("auroc", perfect, random, ok, n_boot=200, generator=0).word == "better"
+        same = compare_scores("augrc", perfect, perfect, ok, n_boot=50, generator=0)
+        assert (same.mean, same.low, same.high, same.word) == (0.0, 0.0, 0.0, "not measurably different")
+
+    def test_paired_resamples_are_bootstraps(self, gen):
+        # The interval of the difference uses the same resamples as bootstrap() with the same seed.
+        conf_a, conf_b = torch.rand(40, generator=gen), torch.rand(40, generator=gen)
+        ok = torch.rand(40, generator=gen) < 0.6
+        c = compare_scores("augrc", conf_a, conf_b, ok, n_boot=300, generator=3, level=0.9)
+        idx = torch.randint(40, (300, 40), generator=torch.Generator().manual_seed(3))
+        diffs = torch.tensor([augrc(conf_b[i], ok[i]) - augrc(conf_a[i], ok[i]) for i in idx],
+                             dtype=torch.float64)
+        low, high = torch.quantile(diffs.double(), torch.tensor([0.05, 0.95], dtype=torch.float64))
+        assert (c.low, c.high) == pytest.approx((float(low), float(high)), abs=1e-12)
+        assert c.word in VERDICTS
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="statistic"):
+            compare_scores("risk", CONF, CONF, OK, generator=0)
+        with pytest.raises(ValueError, match="b: expected shape"):
+            compare_scores("aurc", CONF, CONF[:3], OK, generator=0)
+        with pytest.raises(ValueError, match="b: expected no NaN"):
+            compare_scores("aurc", CONF, CONF * float("nan"), OK, generator=0)
+        with pytest.raises(TypeError, match="generator"):
+            compare_scores("aurc", CONF, CONF, OK, generator=None)
+
+
+class TestCompareRejection:
+    def _data(self, gen, n=50, k=4):
+        logits = torch.randn(n, k, generator=gen)
+        labels = torch.randint(k, (n,), generator=gen)
+        labels[:5] = -1  # no known class: always wrong
+        return logits, labels
+
+    def test_full_sample_matches_the_tables(self, gen):
+        logits, labels = self._data(gen)
+        a = max_softmax(logits).round(decimals=1)  # many ties: the tie rule matters
+        b = torch.rand(50, generator=gen)
+        rates = (0.1, 0.2)
+        c = compare_rejection(a, b, logits, labels, rates, n_boot=30, generator=7)
+
+        def mean(conf):
+            rows = rejection_table(conf, logits, labels, rates, generator=7)
+            return sum(r["top3_macro"] for r in rows) / len(rows)
+
+        assert c.mean == pytest.approx(mean(a) - mean(b), abs=1e-12)
+        assert c.low <= c.mean + 1e-9 or c.high >= c.mean - 1e-9
+        assert c.word in VERDICTS and c.n == 50
+
+    def test_self_is_zero_and_perfect_is_better(self, gen):
+        logits, labels = self._data(gen, n=80)
+        same = compare_rejection(CONF.repeat(16), CONF.repeat(16), logits, labels, n_boot=20,
+                                 generator=0)
+        assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0)
+        right = topk_correct(logits, labels, 1).double()
+        c = compare_rejection(right, -right, logits, labels, (0.3,), metric="top1_micro",
+                              n_boot=100, generator=0)
+        assert c.word == "better" and c.mean > 0
+
+    def test_errors(self, gen):
+        logits, labels = self._data(gen)
+        conf = torch.rand(50, generator=gen)
+        with pytest.raises(ValueError, match="metric"):
+            compare_rejection(conf, conf, logits, labels, metric="top3", generator=0)
+        with pytest.raises(ValueError, match="ks"):
+            compare_rejection(conf, conf, logits, labels, metric="top9_macro", generator=0)
+        with pytest.raises(ValueError, match="rates"):
+            compare_rejection(conf, conf, logits, labels, (1.5,), generator=0)
+        with pytest.raises(ValueError, match="b, logits"):
+            compare_rejection(conf, conf[:4], logits, labels, generator=0)

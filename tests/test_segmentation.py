@@ -405,3 +405,61 @@ class TestProfiles:
             get_profile("cpu", segmenter={"epoch": 1})
         with pytest.raises(TypeError, match="segmenter"):
             get_profile("cpu", segmenter=3)
+
+
+class TestObjectSegmentations:
+    """fidobook.segmentation.object_segmentations: the kinds Over-MAP scores against."""
+
+    def _inputs(self):
+        x = torch.zeros(3, 3, 10, 10)
+        x[0, 0, 2:7, 3:8] = 1.0  # 25 px
+        x[1, 0, 1:9, 1:9] = 1.0  # 64 px
+        cams = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(0))
+        objects = x[:, 0] > 0.5
+        return x, cams, objects
+
+    def test_each_kind_is_its_function(self):
+        from fidobook.segmentation import SEGMENTATION_KINDS, object_segmentations
+
+        x, cams, objects = self._inputs()
+        out = object_segmentations(RedSegmenter(), x, cams, kinds=SEGMENTATION_KINDS,
+                                   objects=objects.to(torch.uint8) * 255)
+        assert list(out) == ["guided", "plain", "true"]
+        plain = segment(RedSegmenter(), x)
+        guided = guided_segmentation(plain.probs, cams)
+        for got, want in ((out["plain"], plain), (out["guided"], guided)):
+            assert isinstance(got, Segmentation)
+            for a, b in zip(got, want):
+                assert torch.equal(a, b)
+        truth = out["true"]
+        assert torch.equal(truth.masks, objects) and truth.available.tolist() == [True] * 3
+        assert truth.probs.dtype == x.dtype and torch.equal(truth.probs, objects.float())
+        only_truth = object_segmentations(None, x, kinds=("true",), objects=objects)
+        assert list(only_truth) == ["true"]  # no segmenter, no CAM needed
+        assert list(object_segmentations(RedSegmenter(), x, cams, kinds=["plain", "guided"])) == [
+            "plain", "guided"]
+
+    def test_errors(self):
+        from fidobook.segmentation import object_segmentations
+
+        x, cams, objects = self._inputs()
+        with pytest.raises(ValueError, match="segmenter"):
+            object_segmentations(None, x, cams)
+        with pytest.raises(ValueError, match="cams"):
+            object_segmentations(RedSegmenter(), x, kinds=("guided",))
+        with pytest.raises(ValueError, match="objects"):
+            object_segmentations(RedSegmenter(), x, kinds=("true",))
+        with pytest.raises(ValueError, match="objects: expected shape"):
+            object_segmentations(None, x, kinds=("true",), objects=objects[:2])
+        with pytest.raises(ValueError, match="objects: expected a binary"):
+            object_segmentations(None, x, kinds=("true",), objects=objects.long() * 3)
+        with pytest.raises(ValueError, match="kinds"):
+            object_segmentations(RedSegmenter(), x, cams, kinds=("box",))
+        with pytest.raises(ValueError, match="kinds"):
+            object_segmentations(RedSegmenter(), x, cams, kinds=("plain", "plain"))
+        with pytest.raises(ValueError, match="kinds"):
+            object_segmentations(RedSegmenter(), x, cams, kinds=())
+        with pytest.raises(TypeError, match="kinds"):
+            object_segmentations(RedSegmenter(), x, cams, kinds="plain")
+        with pytest.raises(ValueError, match="images"):
+            object_segmentations(RedSegmenter(), x * 2, cams)
