@@ -13,6 +13,7 @@ from fidobook import overmap as om
 from fidobook.data.hard import HARD_CASES
 from fidobook.experiments import Context, Result
 from fidobook.experiments import run as run_named
+from fidobook.data.hard import corrupt_images
 from fidobook.experiments.overmap import (
     BASELINES,
     FIDO_SCORE,
@@ -20,7 +21,6 @@ from fidobook.experiments.overmap import (
     ORACLE,
     OVERMAP,
     RANDOM,
-    corrupt_images,
     evaluation_data,
     run,
 )

@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 from PIL import Image, ImageDraw
 
 from .. import _checks
@@ -48,7 +49,7 @@ from .birds import (COLOURS, PART_NAMES, PART_TYPES, _box, _check_parts, _ellips
                     _majority, _render, class_name)
 
 __all__ = ["HARD_CASES", "CORRUPTIONS", "HARD_FORMAT_VERSION", "RENDER", "HEAVY_CLUTTER",
-           "SMALL_SCALE", "make_hard_set", "default_per_case", "novel_combinations"]
+           "SMALL_SCALE", "make_hard_set", "default_per_case", "novel_combinations", "corrupt_images"]
 
 #: The hard cases, in the order of their ids (a case's id takes part in its images' seeds).
 HARD_CASES: tuple[str, ...] = ("missing_parts", "occluded", "heavy_clutter", "novel", "corrupted",
@@ -199,16 +200,21 @@ def _novel(parts, render_rng, case_rng, size):
     return image, mask, {}
 
 
+def _draw_corruption(rng: np.random.Generator, height: int, width: int) -> tuple[int, float, np.ndarray]:
+    """One image's corruption: its kind (``CORRUPTIONS`` index), strength and noise draws."""
+    kind = 1 + int(rng.integers(len(CORRUPTIONS) - 1))
+    # All three strengths are drawn (a dict literal evaluates every value): a fixed number of
+    # draws whatever the kind.
+    strength = {1: rng.uniform(*_NOISE_STD),
+                2: rng.uniform(*_BLUR_STD_AT_64) * min(height, width) / 64.0,
+                3: rng.uniform(*_CONTRAST)}[kind]
+    return kind, strength, rng.standard_normal((height, width, 3))
+
+
 def _corrupted(parts, render_rng, case_rng, size):
     image, mask = _plain(parts, render_rng, size)
     # The draws only: the corruption itself is applied to all images at once (_corrupt).
-    kind = 1 + int(case_rng.integers(len(CORRUPTIONS) - 1))
-    # All three strengths are drawn (a dict literal evaluates every value): a fixed number of
-    # draws whatever the kind.
-    strength = {1: case_rng.uniform(*_NOISE_STD),
-                2: case_rng.uniform(*_BLUR_STD_AT_64) * size / 64.0,
-                3: case_rng.uniform(*_CONTRAST)}[kind]
-    noise = case_rng.standard_normal((size, size, 3))
+    kind, strength, noise = _draw_corruption(case_rng, size, size)
     return image, mask, {"corruption": kind, "strength": strength, "noise": noise}
 
 
@@ -401,3 +407,43 @@ def make_hard_set(classes: Sequence[Mapping[str, int]], cases: Sequence[str] = H
         "args": {"cases": list(cases), "per_case": per_case, "size": size, "seed": int(seed),
                  "format_version": HARD_FORMAT_VERSION},
     }
+
+
+def corrupt_images(images: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """Corrupts real images as the ``corrupted`` hard case corrupts generated ones.
+
+    Each image gets one corruption, drawn uniformly among Gaussian noise (std 30-50 grey
+    levels), Gaussian blur (std 1-1.6 px at 64 px, scaled with the image size) and a contrast
+    loss (to 20-35 % around the image mean), with the ``corrupted`` case's strengths,
+    applied by the same vectorised code (:func:`_corrupt`). Image ``i`` draws from its own generator seeded with
+    ``(seed, i)``, so a prefix does not depend on how many images follow.
+
+    Args:
+        images (uint8 Tensor[N, 3, H, W]): the images.
+        seed (int): the draws' seed (>= 0).
+
+    Returns:
+        tuple: the corrupted images (uint8 Tensor[N, 3, H, W]) and the kinds (LongTensor[N],
+        indices into :data:`fidobook.data.hard.CORRUPTIONS`: 1 noise, 2 blur, 3 contrast).
+    """
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
+            or images.shape[1] != 3:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise TypeError(f"images: expected a uint8 Tensor[N, 3, H, W], got {got}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+    n, _, height, width = images.shape
+    out, kinds = [], []
+    for lo in range(0, n, 32):  # bounded memory: the noise is float64 (B, H, W, 3)
+        batch = images[lo:lo + 32].permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
+        k, strength, noise = [], [], []
+        for i in range(lo, lo + len(batch)):
+            rng = np.random.default_rng([seed, i])
+            kind, s, z = _draw_corruption(rng, height, width)
+            k.append(kind)
+            strength.append(s)
+            noise.append(z)
+        corrupted = _corrupt(batch, np.array(k), np.array(strength), np.stack(noise))
+        out.append(torch.from_numpy(corrupted).permute(0, 3, 1, 2).contiguous())
+        kinds += k
+    return torch.cat(out), torch.tensor(kinds, dtype=torch.long)

@@ -5,7 +5,7 @@ generated birds the six cases of :mod:`fidobook.data.hard` (``spec.per_case`` im
 CUB-format folder, where no generated case exists, the one case the package can make from real
 photographs, ``corrupted``: Gaussian noise, blur or a contrast loss (the corruptions of
 :mod:`fidobook.data.hard`, applied by its ``_corrupt`` to arbitrary uint8 images, with the same
-strengths) on ``spec.per_case`` test images evenly spaced over the split (:func:`corrupt_images`).
+strengths) on ``spec.per_case`` test images evenly spaced over the split (:func:`fidobook.data.hard.corrupt_images`).
 
 Every image is scored by
 
@@ -55,7 +55,7 @@ from ._base import Result, cached, check_spec, new_result
 from .specs import OverMAPSpec as Spec
 
 __all__ = ["NAME", "USES", "BASELINES", "OVERMAP", "ORACLE", "RANDOM", "FIDO_SCORE", "CASE_SCORES",
-           "CLAIM", "run", "evaluation_data", "corrupt_images"]
+           "CLAIM", "run", "evaluation_data"]
 
 NAME = "overmap"
 USES = ("data", "classifier", "segmenter")
@@ -88,50 +88,6 @@ def run(spec: Spec, context, *, progress: bool = True, cache: bool = True) -> Re
 
 # ----------------------------------------------------------------------------------------------
 # The evaluation set
-
-
-def corrupt_images(images: Tensor, seed: int) -> tuple[Tensor, Tensor]:
-    """Corrupts real images as the ``corrupted`` hard case corrupts generated ones.
-
-    Each image gets one corruption, drawn uniformly among Gaussian noise (std 30-50 grey
-    levels), Gaussian blur (std 1-1.6 px at 64 px, scaled with the image size) and a contrast
-    loss (to 20-35 % around the image mean), with the strengths of :mod:`fidobook.data.hard`,
-    applied by its vectorised ``_corrupt``. Image ``i`` draws from its own generator seeded with
-    ``(seed, i)``, so a prefix does not depend on how many images follow.
-
-    Args:
-        images (uint8 Tensor[N, 3, H, W]): the images.
-        seed (int): the draws' seed (>= 0).
-
-    Returns:
-        tuple: the corrupted images (uint8 Tensor[N, 3, H, W]) and the kinds (LongTensor[N],
-        indices into :data:`fidobook.data.hard.CORRUPTIONS`: 1 noise, 2 blur, 3 contrast).
-    """
-    from ..data import hard
-
-    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
-            or images.shape[1] != 3:
-        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-        raise TypeError(f"images: expected a uint8 Tensor[N, 3, H, W], got {got}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
-    n, _, height, width = images.shape
-    out, kinds = [], []
-    for lo in range(0, n, 32):  # bounded memory: the noise is float64 (B, H, W, 3)
-        batch = images[lo:lo + 32].permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
-        k, strength, noise = [], [], []
-        for i in range(lo, lo + len(batch)):
-            rng = np.random.default_rng([seed, i])
-            kind = 1 + int(rng.integers(len(hard.CORRUPTIONS) - 1))
-            k.append(kind)
-            strength.append({1: rng.uniform(*hard._NOISE_STD),
-                             2: rng.uniform(*hard._BLUR_STD_AT_64) * min(height, width) / 64.0,
-                             3: rng.uniform(*hard._CONTRAST)}[kind])
-            noise.append(rng.standard_normal((height, width, 3)))
-        corrupted = hard._corrupt(batch, np.array(k), np.array(strength), np.stack(noise))
-        out.append(torch.from_numpy(corrupted).permute(0, 3, 1, 2).contiguous())
-        kinds += k
-    return torch.cat(out), torch.tensor(kinds, dtype=torch.long)
 
 
 def evaluation_data(spec: Spec, context) -> dict:
@@ -171,6 +127,8 @@ def evaluation_data(spec: Spec, context) -> dict:
     else:
         names = ["normal", "corrupted"]
         chosen = torch.linspace(0, total - 1, min(spec.per_case, total)).round().long()
+        from ..data.hard import corrupt_images
+
         corrupted, _ = corrupt_images(test["images"][chosen], spec.seed)
         images.append(corrupted)
         labels.append(test["labels"][chosen])
