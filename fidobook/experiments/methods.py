@@ -45,6 +45,7 @@ from ..attribution import (AttributionMap, GradCAMMap, IntegratedGradientsMap, O
                            SmoothGradMap, relevance_maps)
 from ..metrics import curve_auc, deletion_curve, insertion_curve, normalize_maps, score_maps
 from ..stats import bootstrap_ci, paired_comparison
+from . import cd_vs_scd
 from ._base import Result, cached, check_spec, new_result
 from .specs import CDvsSCDSpec
 from .specs import MethodsSpec as Spec
@@ -55,18 +56,11 @@ __all__ = ["NAME", "USES", "METRICS", "PAIRED", "REFERENCE", "KEYS", "run", "cha
 NAME = "methods"
 USES = ("data", "classifier")
 
-#: Score column -> (label, higher is better).
-METRICS = {
-    "rank_object": ("relevance rank, bird", True),
-    "mass_object": ("relevance mass, bird", True),
-    "rank_parts": ("relevance rank, separating parts", True),
-    "mass_parts": ("relevance mass, separating parts", True),
-    "pointing_parts": ("pointing game, separating parts", True),
-    "box_iou": ("box IoU", True),
-    "deletion": ("deletion AUC", False),
-    "insertion": ("insertion AUC", True),
-    "tv": ("normalised TV", False),
-}
+#: Score column -> (label, higher is better): chapter 4's judged scores, the curves and TV named
+#: without FIDO's mask orders (every method here gives one map).
+METRICS = {**{k: v for k, v in cd_vs_scd.METRICS.items() if v[1] is not None},
+           "deletion": ("deletion AUC", False), "insertion": ("insertion AUC", True),
+           "tv": ("normalised TV", False)}
 #: The scores of the paired comparisons with FIDO.
 PAIRED = ("rank_object", "rank_parts", "mass_parts", "box_iou", "deletion", "insertion")
 #: The method every other one is compared with.
@@ -148,7 +142,6 @@ def _scores(model, ev, maps, steps: int, max_batch) -> dict:
 
 def _compute(spec: Spec, context, progress: bool) -> Result:
     from ..models import evaluate
-    from . import cd_vs_scd
 
     c4 = chapter4_spec(spec)
     ev = cd_vs_scd.images_for(c4, context)
