@@ -83,6 +83,22 @@ def model_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+#: The modules whose code decides what a fit computes: a change to any of them is a new key, so
+#: a cached fit never outlives the code that made it (other package files do not count).
+_FIT_CODE = ("fido.py", "samplers.py", "infill.py", "_maps.py", "_rng.py")
+
+
+def fit_code_digest() -> str:
+    """SHA-256 (16 hex) of the source of :data:`_FIT_CODE` (those that exist)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in _FIT_CODE:
+        path = root / name
+        if path.is_file():
+            h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def _cache_key(model: nn.Module, images: Tensor, targets: Tensor, seeds: list[int],
                config: FIDOConfig, snapshots: tuple[int, ...]) -> str:
     settings = dataclasses.asdict(config)
@@ -90,6 +106,7 @@ def _cache_key(model: nn.Module, images: Tensor, targets: Tensor, seeds: list[in
     settings["temperature"] = config.make_sampler().temperature
     payload = {
         "format": _FORMAT,
+        "code": fit_code_digest(),
         "model": model_digest(model),
         "images": data_fingerprint(images),
         "targets": targets.tolist(),
@@ -179,7 +196,8 @@ def fit_cached(
     resumes where it stopped. A damaged chunk (truncated, altered, incomplete, of another format
     or fit) is reported in a warning naming the path and the reason, then fitted again and
     overwritten; the temporary files of a killed writer are removed first. The key digests the
-    model's weights (:func:`model_digest`), the images, the targets, the seeds, the
+    code that computes a fit (:func:`fit_code_digest`), the model's weights
+    (:func:`model_digest`), the images, the targets, the seeds, the
     configuration (its ``temperature`` resolved to the sampler's default when ``None``) and the
     snapshot iterations; it does not include ``chunk`` (a different chunking stores different
     files) nor the device (each chunk records its environment instead, see Raises).

@@ -215,6 +215,28 @@ class TestFitCached:
         assert res.ssr.shape == (3, 12, 12)
 
 
+class TestCodeInKey:
+    def test_a_change_to_the_fit_code_refits(self, tmp_path, monkeypatch):
+        model, x, calls = TinyNet(), images(2), []
+        real_fit = FIDO.fit
+
+        def counting_fit(self, *args, **kwargs):
+            calls.append(1)
+            return real_fit(self, *args, **kwargs)
+
+        monkeypatch.setattr(FIDO, "fit", counting_fit)
+        fit_cached(model, x, [0, 1], CFG, seeds=[0, 1], cache_dir=tmp_path)
+        fit_cached(model, x, [0, 1], CFG, seeds=[0, 1], cache_dir=tmp_path)
+        assert len(calls) == 1
+        monkeypatch.setattr(study, "fit_code_digest", lambda: "another-fido.py")
+        fit_cached(model, x, [0, 1], CFG, seeds=[0, 1], cache_dir=tmp_path)
+        assert len(calls) == 2
+
+    def test_digest_covers_the_fit_modules(self):
+        assert {"fido.py", "samplers.py", "infill.py"} <= set(study._FIT_CODE)
+        assert len(study.fit_code_digest()) == 16
+
+
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
     proc = subprocess.Popen(["true"])
