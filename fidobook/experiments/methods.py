@@ -55,6 +55,8 @@ __all__ = ["NAME", "USES", "METRICS", "PAIRED", "REFERENCE", "KEYS", "run", "cha
 
 NAME = "methods"
 USES = ("data", "classifier")
+#: Scalars derived from wall times (measured, so they differ between runs), besides ``seconds_*``.
+TIMINGS = ("fido_over_occlusion",)
 
 #: Score column -> (label, higher is better): chapter 4's judged scores, the curves and TV named
 #: without FIDO's mask orders (every method here gives one map).
