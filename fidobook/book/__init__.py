@@ -31,6 +31,7 @@ from __future__ import annotations
 from ..chapter import chapter_setup, glue_number, static_explorer  # noqa: F401  (older imports)
 from ._common import CHAPTERS_DIR, PARAMETERS, ROOT, VENDOR_DIR, VENDOR_PACKAGES
 from .assets import vendor, vendor_problems
+from .browser import _problems  # noqa: F401  (tests)
 from .browser import browser_check, external_resources, find_chromium, render_dom, screenshot
 from .html import build
 from .pipeline import _source_hash  # noqa: F401  (tests)
